@@ -1,0 +1,75 @@
+"""Stable reason codes and the errors that carry them.
+
+A reason code names why a Check ended as it did. The same string is used in logs, metrics,
+dynamic metadata and the ``x-extauthz-reason`` header of a denial, so it never changes once
+released.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a Check was allowed or denied."""
+
+    ALLOWED = "allowed"
+    POLICY_DENIED = "policy_denied"  # a DENY policy matched
+    NO_ALLOW_MATCH = "no_allow_match"  # ALLOW policies exist, none matched
+    TENANT_UNKNOWN = "tenant_unknown"
+    MTLS_REQUIRED = "mtls_required"  # STRICT tenant, no peer identity
+    PEER_INVALID = "peer_invalid"  # source.principal is not a valid SPIFFE ID
+    JWT_INVALID = "jwt_invalid"
+    JWT_AMBIGUOUS = "jwt_ambiguous"  # several different tokens
+    MALFORMED_REQUEST = "malformed_request"
+    NOT_READY = "not_ready"  # no policies loaded yet
+    DEADLINE = "deadline"
+    INTERNAL = "internal"
+
+
+class ExtauthzError(Exception):
+    """Base class of the errors extauthz raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a value came from: a file (or a Redis key) and a 1-based line."""
+
+    source: str
+    line: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}" if self.line else self.source
+
+
+class DocumentError(ExtauthzError):
+    """A document is invalid. Names the source, line and field at fault."""
+
+    def __init__(self, message: str, *, location: Location | None = None, field: str = "") -> None:
+        self.message = message
+        self.location = location
+        self.field = field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        what = f"{self.field}: " if self.field else ""
+        return f"{where}{what}{self.message}"
+
+
+class AuthnError(ExtauthzError):
+    """A token was present but could not be accepted (maps to 401)."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class StoreError(ExtauthzError):
+    """The store could not be read or written."""
+
+
+class ConflictError(StoreError):
+    """A write carried an expected version that is no longer current."""

@@ -1,0 +1,60 @@
+"""The small immutable values that flow through a Check, from decode to response.
+
+``RequestView`` is what the CheckRequest says, decoded once. ``Subject`` is what the policy
+engine reads: the request plus the verified identities. Neither holds protobuf objects, so
+every stage after ``decode`` is plain Python and can be tested without gRPC.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["IPAddress", "RequestView", "Subject"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """The parts of an Envoy CheckRequest that extauthz uses. Absent values are empty."""
+
+    method: str = ""
+    host: str = ""  # :authority as sent
+    path: str = ""  # :path as sent, query included
+    scheme: str = ""
+    protocol: str = ""
+    request_id: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names, "," joined
+    source_address: str = ""
+    source_port: int = 0
+    source_principal: str = ""  # peer certificate URI SAN, as Envoy reports it
+    destination_address: str = ""
+    destination_port: int = 0
+    destination_principal: str = ""
+    sni: str = ""
+    context_extensions: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Everything the policy engine reads about one request. Built once per Check.
+
+    ``principal`` is the peer SPIFFE ID as a full URI (``spiffe://td/ns/a/sa/b``) or None
+    without an mTLS identity. ``claims`` is the verified JWT payload or None without a
+    verified token. ``path`` is normalized and has no query or fragment.
+    """
+
+    principal: str | None = None
+    source_ip: IPAddress | None = None  # direct peer (ipBlocks, source.ip)
+    remote_ip: IPAddress | None = None  # original client (remoteIpBlocks, remote.ip)
+    claims: Mapping[str, Any] | None = None
+    host: str = ""
+    method: str = ""
+    path: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    destination_ip: IPAddress | None = None
+    destination_port: int | None = None
+    sni: str | None = None
