@@ -1,0 +1,97 @@
+"""Find the tokens a request carries in the locations the rules look at.
+
+Headers: each configured header; repeated headers arrive joined by ``,`` and a JWT never
+contains one, so every comma-separated part is a candidate. With a prefix (``Bearer ``) a
+part counts only if it starts with the prefix (compared case-insensitively, as HTTP auth
+schemes are); the rest, trimmed, is the token. Query parameters: the query string of the
+path, names and values URL-decoded. Cookies: the ``cookie`` header, ``;``-separated pairs,
+quotes around a value removed. Empty values are no token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from urllib.parse import unquote_plus
+
+from extauthz.authn.rules import TokenLocation
+from extauthz.model import RequestView
+
+__all__ = ["TokenFinder"]
+
+Found = Mapping[str, tuple[TokenLocation, ...]]
+
+
+class TokenFinder:
+    """Precomputes the locations once; ``__call__`` maps each token found to where it was."""
+
+    __slots__ = ("_cookies", "_headers", "_params")
+
+    def __init__(self, locations: Iterable[TokenLocation]) -> None:
+        headers: dict[str, list[TokenLocation]] = {}
+        self._params: dict[str, TokenLocation] = {}
+        self._cookies: dict[str, TokenLocation] = {}
+        for loc in dict.fromkeys(locations):
+            if loc.kind == "header":
+                headers.setdefault(loc.name, []).append(loc)
+            elif loc.kind == "param":
+                self._params[loc.name] = loc
+            else:
+                self._cookies[loc.name] = loc
+        self._headers = {name: tuple(locs) for name, locs in headers.items()}
+
+    def __call__(self, view: RequestView) -> Found:
+        found: dict[str, list[TokenLocation]] = {}
+        for name, locs in self._headers.items():
+            value = view.headers.get(name)
+            if value:
+                for loc in locs:
+                    for token in _header_tokens(value, loc.prefix):
+                        found.setdefault(token, []).append(loc)
+        if self._params:
+            self._find_params(view.path, found)
+        if self._cookies:
+            cookie = view.headers.get("cookie")
+            if cookie:
+                self._find_cookies(cookie, found)
+        return {token: tuple(locs) for token, locs in found.items()}
+
+    def _find_params(self, path: str, found: dict[str, list[TokenLocation]]) -> None:
+        _, sep, query = path.partition("?")
+        if not sep:
+            return
+        query = query.partition("#")[0]
+        for pair in query.split("&"):
+            raw_name, _, raw_value = pair.partition("=")
+            loc = self._params.get(unquote_plus(raw_name))
+            if loc is not None:
+                token = unquote_plus(raw_value).strip()
+                if token:
+                    found.setdefault(token, []).append(loc)
+
+    def _find_cookies(self, cookie: str, found: dict[str, list[TokenLocation]]) -> None:
+        for part in cookie.replace(",", ";").split(";"):
+            name, sep, value = part.partition("=")
+            if not sep:
+                continue
+            loc = self._cookies.get(name.strip())
+            if loc is None:
+                continue
+            token = value.strip()
+            if len(token) >= 2 and token[0] == token[-1] == '"':
+                token = token[1:-1]
+            if token:
+                found.setdefault(token, []).append(loc)
+
+
+def _header_tokens(value: str, prefix: str) -> list[str]:
+    out: list[str] = []
+    plen = len(prefix)
+    for part in value.split(","):
+        part = part.strip()
+        if plen:
+            if part[:plen].lower() != prefix.lower():
+                continue
+            part = part[plen:].strip()
+        if part:
+            out.append(part)
+    return out
