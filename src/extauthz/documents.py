@@ -37,10 +37,8 @@ MAX_NODES: Final = 200_000  # bounds alias expansion ("billion laughs") and huge
 
 Path = tuple[str | int, ...]
 
-try:  # the C loader is much faster on large sets; both keep marks
-    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[attr-defined,unused-ignore]
-except AttributeError:  # pragma: no cover - depends on how PyYAML was built
-    _Loader = yaml.SafeLoader
+# The C loader is much faster on large sets; both keep marks.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def field_name(path: Path) -> str:
@@ -163,9 +161,9 @@ class _Converter:
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
-                key = self._constructor.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-                if key == "<<" and key_node.tag == "tag:yaml.org,2002:merge":
+                if key_node.tag == "tag:yaml.org,2002:merge":
                     raise self._error("YAML merge keys are not supported", key_node, path)
+                key = self._constructor.construct_object(key_node, deep=True)
                 if not isinstance(key, str):
                     raise self._error(f"key {key!r} is not a string", key_node, path)
                 if key in out:
@@ -175,7 +173,7 @@ class _Converter:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.convert(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self._constructor.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+        return self._constructor.construct_object(node, deep=True)
 
     def _error(self, message: str, node: yaml.Node, path: Path) -> DocumentError:
         return DocumentError(
@@ -197,10 +195,10 @@ def _envelope(body: Any, source: str, lines: Mapping[Path, int]) -> Document:
     if not isinstance(body, dict):
         raise fail("a document must be a mapping")
     kind = body.get("kind")
-    if kind not in API_VERSIONS:
+    if not isinstance(kind, str) or kind not in API_VERSIONS:
         raise fail(f"unknown kind {kind!r}; expected one of {sorted(API_VERSIONS)}", ("kind",))
     api_version = body.get("apiVersion")
-    if api_version not in API_VERSIONS[kind]:
+    if not isinstance(api_version, str) or api_version not in API_VERSIONS[kind]:
         raise fail(
             f"apiVersion {api_version!r} is not valid for {kind}; "
             f"expected one of {sorted(API_VERSIONS[kind])}",
@@ -237,4 +235,3 @@ def _envelope(body: Any, source: str, lines: Mapping[Path, int]) -> Document:
         source=source,
         lines=lines,
     )
-

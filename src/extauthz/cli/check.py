@@ -1,0 +1,87 @@
+"""``extauthz check``: decide one request offline and say why."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from envoy.service.auth.v3 import external_auth_pb2
+from google.protobuf import json_format
+
+from extauthz.authn import JwksCache
+from extauthz.cli import _env
+from extauthz.cli.policy import compile_all
+from extauthz.decode import MalformedRequest, decode
+from extauthz.pathnorm import PathNormalization
+from extauthz.pipeline import CheckOptions, CheckPipeline
+from extauthz.policy import explain
+from extauthz.registry import Snapshot
+from extauthz.response import metadata_of
+from extauthz.store.files import read_directory
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "check", help="decide a CheckRequest (JSON) offline and explain the decision"
+    )
+    _env.add(p, "--policies", default="policies", help="directory (or file) of YAML documents")
+    p.add_argument(
+        "--request",
+        required=True,
+        type=Path,
+        help="CheckRequest as JSON (Envoy's protobuf JSON), '-' for stdin",
+    )
+    p.add_argument("--output", choices=["text", "json"], default="text")
+    _env.add(
+        p,
+        "--path-normalization",
+        default="BASE",
+        choices=[m.value for m in PathNormalization],
+        help="as Istio's meshConfig",
+    )
+    _env.add(p, "--xff-num-trusted-hops", default="0", help="hops of x-forwarded-for to trust")
+    p.set_defaults(func=run)
+
+
+def load_request(path: Path) -> external_auth_pb2.CheckRequest:
+    text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    return json_format.Parse(text, external_auth_pb2.CheckRequest(), ignore_unknown_fields=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    docs, errors = read_directory(Path(args.policies))
+    tenants, compile_errors = compile_all(docs, JwksCache())
+    for error in [*errors, *compile_errors]:
+        print(f"error: {error}", file=sys.stderr)
+    if errors or compile_errors:
+        return 2
+    try:
+        view = decode(load_request(args.request))
+    except (OSError, json_format.ParseError, MalformedRequest) as exc:
+        print(f"error: {args.request}: {exc}", file=sys.stderr)
+        return 2
+    pipeline = CheckPipeline(
+        CheckOptions(
+            xff_num_trusted_hops=int(args.xff_num_trusted_hops),
+            path_normalization=PathNormalization(args.path_normalization),
+        )
+    )
+    outcome, tenant, subject = pipeline.trace(Snapshot.build(tenants), view)
+    explanation = explain(tenant.policies, subject) if tenant and subject else None
+    meta = metadata_of(outcome, view.request_id)
+    if args.output == "json":
+        out = {**meta, "status": outcome.status, "detail": outcome.detail}
+        if explanation is not None:
+            out["explanation"] = explanation.to_dict()
+        print(json.dumps(out, indent=2))
+    else:
+        verdict = "ALLOW" if outcome.allowed else f"DENY ({outcome.status})"
+        print(f"{verdict}  reason={outcome.reason}  tenant={outcome.tenant or '-'}")
+        if outcome.detail and not outcome.allowed:
+            print(f"  {outcome.detail}")
+        if explanation is not None:
+            print(explanation.render())
+    return 0 if outcome.allowed else 1

@@ -1,0 +1,84 @@
+"""``extauthz serve``: answer Envoy's Check calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from extauthz.cli import _env
+from extauthz.logs import configure_logging
+from extauthz.pathnorm import PathNormalization
+from extauthz.settings import Settings, SettingsError
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve", help="serve envoy.service.auth.v3.Authorization/Check"
+    )
+    src = p.add_mutually_exclusive_group()
+    _env.add(src, "--policies", default="policies", help="directory (or file) of YAML documents")
+    _env.add(src, "--redis-url", help="redis://, rediss://, unix:// (tenant rules in Redis)")
+    _env.add(p, "--listen", default="0.0.0.0:9191", help="gRPC address HOST:PORT")
+    _env.add(p, "--metrics-listen", help="Prometheus address HOST:PORT (off when empty)")
+    _env.add(p, "--xff-num-trusted-hops", default="0", help="hops of x-forwarded-for to trust")
+    _env.add(
+        p,
+        "--trusted-proxy-principal",
+        action="append",
+        help="SPIFFE ID whose x-forwarded-client-cert is trusted (repeatable)",
+    )
+    _env.add(
+        p,
+        "--trusted-proxy-cidr",
+        action="append",
+        help="peer network whose x-forwarded-client-cert is trusted (repeatable)",
+    )
+    _env.add(
+        p,
+        "--path-normalization",
+        default="BASE",
+        choices=[m.value for m in PathNormalization],
+        help="as Istio's meshConfig",
+    )
+    _env.add(p, "--jwks-ca-file", help="CA bundle for jwksUri fetches (default: system)")
+    _env.add(p, "--poll-interval", default="1.0", help="seconds between policy file scans")
+    _env.add(p, "--grace-period", default="10", help="seconds to finish in-flight Checks")
+    _env.add(p, "--log-level", default="info", help="debug, info, warning, error")
+    _env.add(p, "--log-format", default="json", choices=["json", "console"], help="log format")
+    p.set_defaults(func=run)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    try:
+        return Settings(
+            listen=args.listen,
+            policies=Path(args.policies),
+            redis_url=args.redis_url or None,
+            metrics_listen=args.metrics_listen or None,
+            xff_num_trusted_hops=int(args.xff_num_trusted_hops),
+            trusted_proxy_principals=tuple(args.trusted_proxy_principal or ()),
+            trusted_proxy_cidrs=tuple(args.trusted_proxy_cidr or ()),
+            path_normalization=PathNormalization(args.path_normalization),
+            jwks_ca_file=args.jwks_ca_file or None,
+            poll_interval=float(args.poll_interval),
+            grace_period=float(args.grace_period),
+            log_level=args.log_level,
+            log_format=args.log_format,
+        ).check()
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from(args)
+    except SettingsError as exc:
+        print(f"extauthz serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    from extauthz.server import serve
+
+    serve(settings)
+    return 0

@@ -1,0 +1,195 @@
+"""Who is calling: the peer's SPIFFE ID, from mTLS or (from trusted proxies) from XFCC.
+
+Envoy reports the URI SAN of the peer certificate as ``attributes.source.principal``. When
+the direct peer is a trusted proxy (an ingress gateway that terminated the client's mTLS),
+the identity of the original client is the last element of ``x-forwarded-client-cert``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from extauthz.model import RequestView
+
+__all__ = [
+    "PeerIdentityError",
+    "SpiffeId",
+    "TrustedProxies",
+    "parse_spiffe_id",
+    "parse_xfcc",
+    "peer_identity",
+]
+
+MAX_SPIFFE_ID_BYTES: Final = 2048
+MAX_TRUST_DOMAIN_BYTES: Final = 255
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+XFCC_HEADER: Final = "x-forwarded-client-cert"
+
+
+class PeerIdentityError(ValueError):
+    """The peer's identity is present but not a valid SPIFFE ID."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpiffeId:
+    """A validated SPIFFE ID (``spiffe://<trust domain><path>``)."""
+
+    trust_domain: str
+    path: str  # "" or "/seg/seg"
+
+    @property
+    def uri(self) -> str:
+        return f"spiffe://{self.trust_domain}{self.path}"
+
+    @property
+    def namespace(self) -> str | None:
+        """``ns`` of an Istio-style path ``/ns/<ns>/sa/<sa>``."""
+        return self._after("ns")
+
+    @property
+    def service_account(self) -> str | None:
+        return self._after("sa")
+
+    def _after(self, key: str) -> str | None:
+        parts = self.path.split("/")
+        for i in range(1, len(parts) - 1):
+            if parts[i] == key:
+                return parts[i + 1]
+        return None
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def parse_spiffe_id(value: str) -> SpiffeId:
+    """Parse ``value`` by the SPIFFE ID rules (SPIFFE-ID.md, section 2). Raises ValueError."""
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_SPIFFE_ID_BYTES:
+        raise PeerIdentityError(f"longer than {MAX_SPIFFE_ID_BYTES} bytes")
+    if not value.startswith("spiffe://"):
+        raise PeerIdentityError("scheme must be spiffe://")
+    rest = value[len("spiffe://") :]
+    slash = rest.find("/")
+    trust_domain, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
+    if not trust_domain:
+        raise PeerIdentityError("empty trust domain")
+    if len(trust_domain) > MAX_TRUST_DOMAIN_BYTES:
+        raise PeerIdentityError(f"trust domain longer than {MAX_TRUST_DOMAIN_BYTES} bytes")
+    if not _TRUST_DOMAIN.fullmatch(trust_domain):
+        raise PeerIdentityError(
+            "trust domain may hold only lower-case letters, digits, '.', '-' and '_'"
+        )
+    if path:
+        for segment in path[1:].split("/"):
+            if not segment:
+                raise PeerIdentityError("empty path segment (or trailing '/')")
+            if segment in (".", ".."):
+                raise PeerIdentityError("path segment '.' or '..'")
+            if not _SEGMENT.fullmatch(segment):
+                raise PeerIdentityError(
+                    "path segments may hold only letters, digits, '.', '-', '_'"
+                )
+    return SpiffeId(trust_domain, path)
+
+
+def parse_xfcc(header: str) -> list[list[tuple[str, str]]]:
+    """Split an ``x-forwarded-client-cert`` value into elements of ``(key, value)`` pairs.
+
+    Elements are separated by ``,`` and pairs by ``;``; a value may be double-quoted, with
+    ``\\"`` escapes, and then may hold ``,`` ``;`` and ``=``. Keys are compared
+    case-insensitively by callers. Raises ValueError on an unterminated quote or a pair
+    without ``=``.
+    """
+    elements: list[list[tuple[str, str]]] = []
+    pairs: list[tuple[str, str]] = []
+    i, n = 0, len(header)
+    while i < n:
+        eq = header.find("=", i)
+        if eq < 0:
+            raise ValueError("XFCC pair without '='")
+        key = header[i:eq].strip()
+        if not key or any(c in key for c in ',;"'):
+            raise ValueError("XFCC key is empty or malformed")
+        i = eq + 1
+        if i < n and header[i] == '"':
+            i += 1
+            buf: list[str] = []
+            while True:
+                if i >= n:
+                    raise ValueError("XFCC value has an unterminated quote")
+                c = header[i]
+                if c == "\\" and i + 1 < n:
+                    buf.append(header[i + 1])
+                    i += 2
+                    continue
+                if c == '"':
+                    i += 1
+                    break
+                buf.append(c)
+                i += 1
+            value = "".join(buf)
+        else:
+            j = i
+            while j < n and header[j] not in ",;":
+                j += 1
+            value = header[i:j].strip()
+            i = j
+        pairs.append((key, value))
+        if i < n and header[i] not in ",;":
+            raise ValueError("XFCC value followed by garbage")
+        if i >= n or header[i] == ",":
+            elements.append(pairs)
+            pairs = []
+        i += 1
+    if pairs:
+        elements.append(pairs)
+    return elements
+
+
+class TrustedProxies:
+    """Which direct peers may speak for the client through XFCC (by SPIFFE ID or address)."""
+
+    def __init__(self, principals: Iterable[str] = (), cidrs: Iterable[str] = ()) -> None:
+        self._principals = frozenset(principals)
+        self._networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+    def __bool__(self) -> bool:
+        return bool(self._principals or self._networks)
+
+    def trusts(self, view: RequestView) -> bool:
+        if view.source_principal and view.source_principal in self._principals:
+            return True
+        if self._networks and view.source_address:
+            try:
+                addr = ipaddress.ip_address(view.source_address)
+            except ValueError:
+                return False
+            return any(addr in net for net in self._networks)
+        return False
+
+
+def peer_identity(view: RequestView, proxies: TrustedProxies) -> SpiffeId | None:
+    """The calling workload's SPIFFE ID, or None without one. Raises PeerIdentityError.
+
+    From a trusted proxy carrying XFCC, the last element's URI is the client (Envoy appends
+    one element per hop, so the last is the one this proxy verified). An XFCC element
+    without a URI means the client had no SPIFFE identity.
+    """
+    if proxies and XFCC_HEADER in view.headers and proxies.trusts(view):
+        try:
+            elements = parse_xfcc(view.headers[XFCC_HEADER])
+        except ValueError as exc:
+            raise PeerIdentityError(f"malformed x-forwarded-client-cert: {exc}") from None
+        if not elements:
+            return None
+        uris = [v for k, v in elements[-1] if k.lower() == "uri" and v]
+        if not uris:
+            return None
+        return parse_spiffe_id(uris[0])
+    if not view.source_principal:
+        return None
+    return parse_spiffe_id(view.source_principal)

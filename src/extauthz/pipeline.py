@@ -1,0 +1,220 @@
+"""The phases of one Check, named in one method: identity -> tenant -> authn -> engine.
+
+``CheckPipeline`` is a callable built once from the settings; calling it with a snapshot and
+a decoded request returns one ``Outcome``. It reads only memory: the snapshot, the JWT cache
+and the JWKS keys already fetched. It never raises for bad input; a bug inside it is caught
+by the servicer and becomes an ``internal`` deny.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Final
+
+from extauthz.authn import AuthnResult
+from extauthz.catalog import CompiledTenant
+from extauthz.errors import Reason
+from extauthz.identity import (
+    PeerIdentityError,
+    SpiffeId,
+    TrustedProxies,
+    parse_spiffe_id,
+    peer_identity,
+)
+from extauthz.model import IPAddress, RequestView, Subject
+from extauthz.pathnorm import PathNormalization, normalize_path
+from extauthz.policy import PolicyResult, ShadowResult, evaluate
+from extauthz.registry import Snapshot
+
+__all__ = [
+    "HEADER_PRINCIPAL",
+    "HEADER_REQUEST_PRINCIPAL",
+    "HEADER_TENANT",
+    "CheckPipeline",
+    "Outcome",
+]
+
+HEADER_TENANT: Final = "x-extauthz-tenant"
+HEADER_PRINCIPAL: Final = "x-extauthz-principal"
+HEADER_REQUEST_PRINCIPAL: Final = "x-extauthz-request-principal"
+# Headers we set for the upstream; a client's own copies never reach it.
+OWN_HEADERS: Final = (HEADER_TENANT, HEADER_PRINCIPAL, HEADER_REQUEST_PRINCIPAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The one result type of a Check; ``response.build`` maps it to a CheckResponse."""
+
+    allowed: bool
+    reason: Reason
+    status: int  # HTTP status: 200, or the denial's 401/403
+    tenant: str = ""
+    policy: str = ""
+    rule: int = -1
+    principal: str = ""
+    request_principal: str = ""
+    detail: str = ""  # for logs only, never sent to the client
+    headers_to_add: tuple[tuple[str, str], ...] = ()
+    headers_to_remove: tuple[str, ...] = ()
+    audits: tuple[str, ...] = ()
+    shadow: ShadowResult | None = None
+    jwt_cache_hit: bool | None = None
+    version: str = ""
+
+
+def deny(
+    reason: Reason, detail: str, *, status: int = 403, tenant: str = "", **kw: object
+) -> Outcome:
+    return Outcome(False, reason, status, tenant=tenant, detail=detail, **kw)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOptions:
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
+    xff_num_trusted_hops: int = 0
+    path_normalization: PathNormalization = PathNormalization.BASE
+
+
+class CheckPipeline:
+    """decode (done by the caller) -> identity -> tenant -> authn -> engine -> Outcome."""
+
+    def __init__(self, options: CheckOptions = CheckOptions()) -> None:
+        self._proxies = options.trusted_proxies
+        self._hops = options.xff_num_trusted_hops
+        self._paths = options.path_normalization
+
+    def __call__(self, snapshot: Snapshot, view: RequestView) -> Outcome:
+        return self.trace(snapshot, view)[0]
+
+    def trace(
+        self, snapshot: Snapshot, view: RequestView
+    ) -> tuple[Outcome, CompiledTenant | None, Subject | None]:
+        """The outcome, with the tenant and the engine's input when it got that far."""
+        # identity: the calling workload
+        try:
+            peer = peer_identity(view, self._proxies)
+        except PeerIdentityError as exc:
+            return deny(Reason.PEER_INVALID, f"peer identity: {exc}"), None, None
+        principal = peer.uri if peer else ""
+        # tenant: whose rules apply
+        tenant = snapshot.route(view, _namespace_of(view.destination_principal))
+        if tenant is None:
+            return deny(Reason.TENANT_UNKNOWN, "no tenant matches", principal=principal), None, None
+        if peer is None and tenant.spec.mtls_strict:
+            outcome = deny(
+                Reason.MTLS_REQUIRED, "STRICT mTLS and no peer identity", tenant=tenant.name
+            )
+            return outcome, tenant, None
+        # authentication: the end user
+        authn = tenant.authenticator.authenticate(view)
+        if authn.error is not None:
+            outcome = deny(
+                authn.error.reason,
+                authn.error.detail,
+                status=401,
+                tenant=tenant.name,
+                principal=principal,
+                jwt_cache_hit=authn.cache_hit,
+            )
+            return outcome, tenant, None
+        # policy engine
+        subject = Subject(
+            principal=principal or None,
+            source_ip=_ip(view.source_address),
+            remote_ip=self._remote_ip(view),
+            claims=authn.claims,
+            host=view.host,
+            method=view.method,
+            path=normalize_path(view.path, self._paths),
+            headers=view.headers,
+            destination_ip=_ip(view.destination_address),
+            destination_port=view.destination_port or None,
+            sni=view.sni or None,
+        )
+        result = evaluate(tenant.policies, subject)
+        return self._outcome(tenant, result, principal, authn), tenant, subject
+
+    def _outcome(
+        self,
+        tenant: CompiledTenant,
+        result: PolicyResult,
+        principal: str,
+        authn: AuthnResult,
+    ) -> Outcome:
+        request_principal = authn.request_principal
+        audits = tuple(f"{a.policy}[{a.rule}]" for a in result.audits)
+        if not result.allowed:
+            return Outcome(
+                False,
+                result.reason,
+                403,
+                tenant=tenant.name,
+                policy=result.policy,
+                rule=result.rule,
+                principal=principal,
+                request_principal=request_principal or "",
+                detail=result.policy or "no ALLOW policy matched",
+                audits=audits,
+                shadow=result.shadow,
+                jwt_cache_hit=authn.cache_hit,
+                version=tenant.version,
+            )
+        add = [(HEADER_TENANT, tenant.name)]
+        if principal:
+            add.append((HEADER_PRINCIPAL, principal))
+        if request_principal:
+            add.append((HEADER_REQUEST_PRINCIPAL, request_principal))
+        add.extend(authn.headers_to_add)
+        return Outcome(
+            True,
+            Reason.ALLOWED,
+            200,
+            tenant=tenant.name,
+            policy=result.policy,
+            rule=result.rule,
+            principal=principal,
+            request_principal=request_principal or "",
+            headers_to_add=tuple(add),
+            headers_to_remove=_removals(add, authn.headers_to_remove),
+            audits=audits,
+            shadow=result.shadow,
+            jwt_cache_hit=authn.cache_hit,
+            version=tenant.version,
+        )
+
+    def _remote_ip(self, view: RequestView) -> IPAddress | None:
+        """The original client, from x-forwarded-for as Envoy does with xff_num_trusted_hops."""
+        xff = view.headers.get("x-forwarded-for")
+        if xff:
+            entries = [e.strip() for e in xff.split(",")]
+            if len(entries) > self._hops:
+                return _ip(entries[-1 - self._hops])
+        return _ip(view.source_address)
+
+
+def _removals(added: list[tuple[str, str]], token_headers: tuple[str, ...]) -> tuple[str, ...]:
+    """Our own headers that we do not set (a client's copy must not reach the upstream),
+    and the token headers that are not forwarded. Set headers overwrite a client's copy."""
+    names = {name for name, _ in added}
+    own = tuple(h for h in OWN_HEADERS if h not in names)
+    return own + tuple(h for h in token_headers if h not in names)
+
+
+def _ip(value: str) -> IPAddress | None:
+    if not value:
+        return None
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def _namespace_of(destination_principal: str) -> str | None:
+    if not destination_principal:
+        return None
+    try:
+        spiffe: SpiffeId = parse_spiffe_id(destination_principal)
+    except ValueError:
+        return None
+    return spiffe.namespace

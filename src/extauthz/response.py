@@ -1,0 +1,90 @@
+"""Outcome -> CheckResponse: the only place that builds a response for Envoy.
+
+Allow: ``status OK`` and an ``ok_response`` with the headers for the upstream and the
+headers to remove. Deny: a non-OK status and a ``denied_response`` (403 for policy, 401 with
+``www-authenticate`` for a bad token) with a short body that says nothing of our policies.
+Every response carries ``dynamic_metadata`` for Envoy's access logs.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+
+from extauthz.errors import Reason
+from extauthz.pipeline import Outcome
+
+__all__ = ["build_response", "internal_error_response", "metadata_of"]
+
+_OVERWRITE: Final = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_BODY: Final = {401: "unauthorized\n", 403: "access denied\n"}
+_GRPC_CODE: Final = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
+WWW_AUTHENTICATE: Final = 'Bearer realm="extauthz", error="invalid_token"'
+
+
+def metadata_of(outcome: Outcome, decision_id: str) -> dict[str, object]:
+    """What goes into dynamic_metadata (and the decision log)."""
+    meta: dict[str, object] = {
+        "decision": "allow" if outcome.allowed else "deny",
+        "reason": str(outcome.reason),
+        "tenant": outcome.tenant,
+        "policy": outcome.policy,
+        "rule": outcome.rule,
+        "decision_id": decision_id,
+    }
+    if outcome.principal:
+        meta["principal"] = outcome.principal
+    if outcome.request_principal:
+        meta["request_principal"] = outcome.request_principal
+    if outcome.audits:
+        meta["audit"] = list(outcome.audits)
+    if outcome.shadow is not None:
+        meta["shadow_decision"] = "allow" if outcome.shadow.allowed else "deny"
+        meta["shadow_policy"] = outcome.shadow.policy
+    if outcome.version:
+        meta["policy_version"] = outcome.version
+    return meta
+
+
+def build_response(outcome: Outcome, decision_id: str = "") -> external_auth_pb2.CheckResponse:
+    response = external_auth_pb2.CheckResponse()
+    response.dynamic_metadata.update(metadata_of(outcome, decision_id))
+    if outcome.allowed:
+        response.status.code = code_pb2.OK
+        ok = response.ok_response
+        for name, value in outcome.headers_to_add:
+            ok.headers.add(
+                header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE
+            )
+        ok.headers_to_remove.extend(outcome.headers_to_remove)
+        return response
+    status = outcome.status if outcome.status in _BODY else 403
+    response.status.CopyFrom(
+        status_pb2.Status(code=_GRPC_CODE[status], message=str(outcome.reason))
+    )
+    denied = response.denied_response
+    denied.status.code = http_status_pb2.StatusCode.Value(
+        "Unauthorized" if status == 401 else "Forbidden"
+    )
+    denied.body = _BODY[status]
+    denied.headers.add(
+        header=base_pb2.HeaderValue(key="content-type", value="text/plain"),
+        append_action=_OVERWRITE,
+    )
+    if status == 401:
+        denied.headers.add(
+            header=base_pb2.HeaderValue(key="www-authenticate", value=WWW_AUTHENTICATE),
+            append_action=_OVERWRITE,
+        )
+    return response
+
+
+def internal_error_response(
+    reason: Reason, decision_id: str = ""
+) -> external_auth_pb2.CheckResponse:
+    """The deny for anything that went wrong before an Outcome existed."""
+    return build_response(Outcome(False, reason, 403, detail=str(reason)), decision_id)

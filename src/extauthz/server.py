@@ -1,0 +1,117 @@
+"""The server's lifecycle, top to bottom: startup -> serve until a signal -> drain -> exit.
+
+Signal handlers only set an event. On SIGTERM (or SIGINT) health turns NOT_SERVING, the
+server stops taking new calls and waits up to the grace period for those in flight, then
+the store and the JWKS cache are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Final
+
+import grpc
+import structlog
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from extauthz.app import Components, build
+from extauthz.health import Health
+from extauthz.registry import Registry
+from extauthz.settings import Settings
+
+__all__ = ["Server", "serve"]
+
+log = structlog.get_logger("extauthz.server")
+
+GRPC_OPTIONS: Final = (
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.max_concurrent_streams", 1024),
+)
+
+
+class Server:
+    def __init__(self, components: Components) -> None:
+        self.components = components
+        self.health = Health()
+        self.should_exit = asyncio.Event()
+        self._grpc: grpc.aio.Server | None = None
+        self._store_task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def serve(self) -> None:
+        await self.startup()
+        try:
+            await self.should_exit.wait()
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        c = self.components
+        c.registry.subscribe(self._on_registry_change)
+        await self.health.update(c.registry)
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(c.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        reflection.enable_server_reflection(
+            (
+                external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        bound = server.add_insecure_port(c.settings.listen)
+        if not bound:
+            raise OSError(f"cannot listen on {c.settings.listen}")
+        await server.start()
+        self._grpc = server
+        log.info("serving", listen=c.settings.listen, port=bound, store=c.store.name)
+        await c.jwks.start()
+        self._store_task = asyncio.create_task(c.store.run(c.registry), name="store")
+        self._store_task.add_done_callback(self._on_store_exit)
+        self._install_signal_handlers()
+
+    async def shutdown(self) -> None:
+        c = self.components
+        await self.health.drain()
+        if self._grpc is not None:
+            log.info("draining", grace_seconds=c.settings.grace_period)
+            await self._grpc.stop(c.settings.grace_period)
+        if self._store_task is not None:
+            self._store_task.cancel()
+            await asyncio.gather(self._store_task, return_exceptions=True)
+        await c.store.close()
+        await c.jwks.close()
+        log.info("stopped")
+
+    def _on_registry_change(self, registry: Registry) -> None:
+        task = asyncio.get_running_loop().create_task(self.health.update(registry))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def _on_store_exit(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("store stopped; serving the last loaded policies", error=repr(exc))
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.should_exit.set)
+
+
+def serve(settings: Settings) -> None:
+    """Run the server until SIGTERM/SIGINT."""
+    components = build(settings)
+    try:
+        import uvloop  # optional speed-up (the "fast" extra)
+    except ImportError:
+        asyncio.run(Server(components).serve())
+    else:
+        uvloop.run(Server(components).serve())

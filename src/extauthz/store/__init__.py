@@ -1,0 +1,1 @@
+"""Where tenant documents live: a directory of YAML files, or Redis."""

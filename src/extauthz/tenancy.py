@@ -1,0 +1,268 @@
+"""Tenants: what a Tenant document says, and which tenant a request belongs to.
+
+A request selects a tenant by ``spec.match``: its host (exact, or ``*.`` wildcard), the
+namespace of the destination workload's SPIFFE ID, and request headers. Within one tenant's
+match every given criterion must hold. Across tenants the most specific wins, in this order:
+exact host, wildcard host (longest first), destination namespace, headers only, and last the
+catch-all tenant (``match: {}``). Two tenants that claim the same thing are a conflict and
+the newer one is refused.
+
+A namespace that has AuthorizationPolicies but no Tenant document is an *implicit* tenant
+that matches its destination namespace, as an Istio policy applies to its own namespace.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from extauthz.authn import JwtRule, parse_jwt_rules
+from extauthz.documents import Document, Path
+
+__all__ = [
+    "TenantConflict",
+    "TenantMatch",
+    "TenantRouter",
+    "TenantSpec",
+    "check_document_names",
+    "check_tenant_name",
+    "group_by_tenant",
+    "implicit_tenant",
+    "parse_tenant",
+    "request_host",
+    "tenant_of",
+]
+
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_HOST = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?")
+SPEC_FIELDS: Final = frozenset({"match", "trustDomains", "mtls", "jwtRules"})
+MATCH_FIELDS: Final = frozenset({"hosts", "destinationNamespaces", "headers"})
+MTLS_MODES: Final = frozenset({"STRICT", "PERMISSIVE"})
+
+
+def check_tenant_name(name: str) -> bool:
+    """Tenant names are DNS labels (they are Kubernetes namespaces and Redis key parts)."""
+    return _NAME.fullmatch(name) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantMatch:
+    """``spec.match``: every criterion given must hold; none given = catch-all."""
+
+    hosts: tuple[str, ...] = ()
+    destination_namespaces: frozenset[str] = frozenset()
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def catch_all(self) -> bool:
+        return not (self.hosts or self.destination_namespaces or self.headers)
+
+    def matches(self, host: str, dest_ns: str | None, headers: Mapping[str, str]) -> bool:
+        if self.hosts and not any(_host_matches(h, host) for h in self.hosts):
+            return False
+        if self.destination_namespaces and dest_ns not in self.destination_namespaces:
+            return False
+        return all(headers.get(name) == value for name, value in self.headers)
+
+
+def _host_matches(pattern: str, host: str) -> bool:
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
+
+def request_host(authority: str) -> str:
+    """``:authority`` lower-cased without its port, for tenant matching."""
+    host = authority.lower()
+    if host.startswith("["):  # [v6]:port
+        end = host.find("]")
+        return host[: end + 1] if end > 0 else host
+    colon = host.rfind(":")
+    if colon > 0 and host[colon + 1 :].isdigit():
+        return host[:colon]
+    return host
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSpec:
+    """A tenant's settings, from its Tenant document (or implied by its policies)."""
+
+    name: str
+    match: TenantMatch
+    trust_domains: tuple[str, ...] = ()
+    mtls_strict: bool = False
+    jwt_rules: tuple[JwtRule, ...] = ()
+    implicit: bool = False
+    source: str = ""
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+def implicit_tenant(name: str) -> TenantSpec:
+    """The tenant of a namespace that has policies but no Tenant document."""
+    return TenantSpec(
+        name=name,
+        match=TenantMatch(destination_namespaces=frozenset({name})),
+        implicit=True,
+    )
+
+
+def parse_tenant(doc: Document) -> TenantSpec:
+    """Validate a Tenant document. Raises DocumentError naming file, line and field."""
+    if not check_tenant_name(doc.name):
+        raise doc.error("a tenant name must be a DNS label ([a-z0-9-], at most 63)", _META_NAME)
+    if doc.namespace and doc.namespace != doc.name:
+        raise doc.error("a Tenant's namespace, if given, must equal its name", _META_NS)
+    spec = doc.spec
+    _only(doc, spec, SPEC_FIELDS, ("spec",))
+    match = _parse_match(doc, spec.get("match", {}))
+    trust_domains = tuple(_strings(doc, spec.get("trustDomains", []), ("spec", "trustDomains")))
+    mtls = spec.get("mtls", {})
+    if not isinstance(mtls, Mapping):
+        raise doc.error("must be a mapping like {mode: STRICT}", ("spec", "mtls"))
+    _only(doc, mtls, frozenset({"mode"}), ("spec", "mtls"))
+    mode = mtls.get("mode", "PERMISSIVE")
+    if mode not in MTLS_MODES:
+        raise doc.error(f"must be one of {sorted(MTLS_MODES)}", ("spec", "mtls", "mode"))
+    rules = parse_jwt_rules(doc, ("spec", "jwtRules")) if "jwtRules" in spec else ()
+    return TenantSpec(
+        name=doc.name,
+        match=match,
+        trust_domains=trust_domains,
+        mtls_strict=mode == "STRICT",
+        jwt_rules=rules,
+        source=str(doc.location()),
+    )
+
+
+_META_NAME: Final[Path] = ("metadata", "name")
+_META_NS: Final[Path] = ("metadata", "namespace")
+
+
+def _only(doc: Document, value: Mapping[str, Any], allowed: frozenset[str], path: Path) -> None:
+    for key in value:
+        if key not in allowed:
+            raise doc.error(f"unknown field; expected one of {sorted(allowed)}", (*path, key))
+
+
+def _strings(doc: Document, value: Any, path: Path) -> list[str]:
+    if not isinstance(value, list):
+        raise doc.error("must be a list of strings", path)
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item:
+            raise doc.error("must be a non-empty string", (*path, i))
+    return value
+
+
+def _parse_match(doc: Document, match: Any) -> TenantMatch:
+    path: Path = ("spec", "match")
+    if not isinstance(match, Mapping):
+        raise doc.error("must be a mapping ({} matches every request)", path)
+    _only(doc, match, MATCH_FIELDS, path)
+    hosts = _strings(doc, match.get("hosts", []), (*path, "hosts"))
+    for i, host in enumerate(hosts):
+        if not _HOST.fullmatch(host.lower()):
+            raise doc.error(
+                "a host is a DNS name, optionally '*.'-prefixed (use match: {} to catch all)",
+                (*path, "hosts", i),
+            )
+    namespaces = _strings(
+        doc, match.get("destinationNamespaces", []), (*path, "destinationNamespaces")
+    )
+    headers = match.get("headers", {})
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise doc.error("must map header names to exact values", (*path, "headers"))
+    return TenantMatch(
+        hosts=tuple(h.lower() for h in hosts),
+        destination_namespaces=frozenset(namespaces),
+        headers=tuple((k.lower(), v) for k, v in headers.items()),
+    )
+
+
+class TenantConflict(ValueError):
+    """Two tenants claim the same requests."""
+
+
+class TenantRouter:
+    """Picks the tenant of a request. Built once per snapshot; lookups are dict hits."""
+
+    def __init__(self, specs: Iterable[TenantSpec]) -> None:
+        self._exact: dict[str, list[TenantSpec]] = {}
+        self._wildcard: list[tuple[str, TenantSpec]] = []
+        self._namespace: dict[str, list[TenantSpec]] = {}
+        self._headers_only: list[TenantSpec] = []
+        self._catch_all: TenantSpec | None = None
+        claims: dict[tuple[Any, ...], str] = {}
+
+        def claim(key: tuple[Any, ...], spec: TenantSpec) -> None:
+            other = claims.setdefault(key, spec.name)
+            if other != spec.name:
+                raise TenantConflict(
+                    f"tenants {other!r} and {spec.name!r} both match {key[0]}={key[1]!r}"
+                )
+
+        for spec in sorted(specs, key=lambda s: s.name):
+            m = spec.match
+            rest = (tuple(sorted(m.destination_namespaces)), m.headers)
+            if m.catch_all:
+                claim(("match", "{}"), spec)
+                self._catch_all = spec
+            elif m.hosts:
+                for host in m.hosts:
+                    claim(("host", host, *rest), spec)
+                    if host.startswith("*."):
+                        self._wildcard.append((host[1:], spec))
+                    else:
+                        self._exact.setdefault(host, []).append(spec)
+            elif m.destination_namespaces:
+                for ns in m.destination_namespaces:
+                    claim(("destinationNamespace", ns, m.headers), spec)
+                    self._namespace.setdefault(ns, []).append(spec)
+            else:
+                claim(("headers", m.headers), spec)
+                self._headers_only.append(spec)
+        self._wildcard.sort(key=lambda item: -len(item[0]))
+
+    def route(
+        self, authority: str, dest_ns: str | None, headers: Mapping[str, str]
+    ) -> TenantSpec | None:
+        host = request_host(authority)
+        for spec in self._candidates(host, dest_ns):
+            if spec.match.matches(host, dest_ns, headers):
+                return spec
+        return None
+
+    def _candidates(self, host: str, dest_ns: str | None) -> Iterable[TenantSpec]:
+        yield from self._exact.get(host, ())
+        for suffix, spec in self._wildcard:
+            if host.endswith(suffix) and len(host) > len(suffix):
+                yield spec
+        if dest_ns is not None:
+            yield from self._namespace.get(dest_ns, ())
+        yield from self._headers_only
+        if self._catch_all is not None:
+            yield self._catch_all
+
+
+def tenant_of(doc: Document) -> str:
+    """The tenant a document belongs to: a Tenant's name, a policy's namespace."""
+    return doc.name if doc.kind == "Tenant" else doc.namespace
+
+
+def group_by_tenant(docs: Sequence[Document]) -> dict[str, list[Document]]:
+    out: dict[str, list[Document]] = {}
+    for doc in docs:
+        out.setdefault(tenant_of(doc), []).append(doc)
+    return out
+
+
+def check_document_names(docs: Sequence[Document]) -> None:
+    """Names are unique per kind within a tenant. Raises DocumentError."""
+    seen: dict[tuple[str, str], Document] = {}
+    for doc in docs:
+        first = seen.setdefault((doc.kind, doc.name), doc)
+        if first is not doc:
+            raise doc.error(f"{doc.ref} is defined twice (first at {first.location()})", _META_NAME)

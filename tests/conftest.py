@@ -1,0 +1,25 @@
+"""Fixtures shared by the suite. Every server a test starts binds 127.0.0.1 and stops after it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers import REPO, RedisServer, ServerProcess, serving
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def example_server() -> Iterator[ServerProcess]:
+    """extauthz serving the repository's example policies."""
+    with serving(["--policies", str(REPO / "policies")]) as server:
+        yield server

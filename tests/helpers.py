@@ -1,0 +1,188 @@
+"""Shared test helpers: free ports, real processes, CheckRequests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def check_request(
+    *,
+    method: str = "GET",
+    host: str = "acme.example.com",
+    path: str = "/",
+    headers: Mapping[str, str] | None = None,
+    principal: str = "",
+    source_ip: str = "10.0.0.1",
+    destination_principal: str = "",
+    destination_ip: str = "10.0.0.2",
+    destination_port: int = 8080,
+    sni: str = "",
+    request_id: str = "",
+) -> external_auth_pb2.CheckRequest:
+    req = external_auth_pb2.CheckRequest()
+    a = req.attributes
+    a.source.address.socket_address.address = source_ip
+    a.source.address.socket_address.port_value = 40000
+    if principal:
+        a.source.principal = principal
+    a.destination.address.socket_address.address = destination_ip
+    a.destination.address.socket_address.port_value = destination_port
+    if destination_principal:
+        a.destination.principal = destination_principal
+    if sni:
+        a.tls_session.sni = sni
+    http = a.request.http
+    http.method = method
+    http.host = host
+    http.path = path
+    http.id = request_id
+    http.headers[":authority"] = host
+    http.headers[":method"] = method
+    http.headers[":path"] = path
+    for k, v in (headers or {}).items():
+        http.headers[k.lower()] = v
+    return req
+
+
+class ServerProcess:
+    """``extauthz serve`` in a child process on a free 127.0.0.1 port."""
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"extauthz-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        full_env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "extauthz", "serve", "--listen", self.address, *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = external_auth_pb2_grpc.AuthorizationStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def serving(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"extauthz exited with {self.proc.returncode}:\n{self.logs()}")
+        try:
+            reply = self.health.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def wait_serving(self, timeout: float = 20.0) -> ServerProcess:
+        wait_for(self.serving, timeout, what=f"extauthz on {self.address}")
+        return self
+
+    def check(
+        self, request: external_auth_pb2.CheckRequest, timeout: float = 5.0
+    ) -> external_auth_pb2.CheckResponse:
+        return self.stub.Check(request, timeout=timeout)  # type: ignore[no-any-return]
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.channel.close()
+        self._log.close()
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def serving(args: Sequence[str], env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
+    server = ServerProcess(args, env)
+    try:
+        server.wait_serving()
+        yield server
+    finally:
+        server.stop()
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on a free port that a test may stop and restart."""
+
+    def __init__(self, *extra: str) -> None:
+        self.port = free_port()
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._ping, 10, what=f"redis-server on {self.port}")
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
