@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -591,6 +592,20 @@ def test_default_policies_configmap_loads() -> None:
                     assert not istio_errors(body, "authorizationpolicy_v1.json")
     assert "Tenant" in kinds
     assert "AuthorizationPolicy" in kinds
+
+
+def test_default_policies_compile(tmp_path: Path) -> None:
+    """The ConfigMap's documents pass `extauthz policy validate`, as the server would load them."""
+    cm = find(rendered("base"), "ConfigMap", "extauthz-policies")
+    for filename, text in cm["data"].items():
+        (tmp_path / filename).write_text(text, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    result = subprocess.run(
+        [sys.executable, "-m", "extauthz", "policy", "validate", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tenant default" in result.stdout
 
 
 # --------------------------------------------------------------------------- the checks fail
