@@ -186,3 +186,64 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+class Issuer:
+    """A JWT issuer for tests: an EC key, its JWKS, and tokens signed with it."""
+
+    def __init__(self, iss: str = "https://issuer.test", kid: str = "k1") -> None:
+        import json
+
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from jwt.algorithms import ECAlgorithm
+
+        self.iss = iss
+        self.kid = kid
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        jwk = json.loads(ECAlgorithm.to_jwk(self.key.public_key()))
+        jwk.update(kid=kid, alg="ES256", use="sig")
+        self.jwks = json.dumps({"keys": [jwk]})
+
+    def token(self, *, exp_in: float = 3600, **claims: Any) -> str:
+        import jwt
+
+        now = int(time.time())
+        body = {"iss": self.iss, "sub": "alice", "iat": now, "exp": now + int(exp_in), **claims}
+        return jwt.encode(body, self.key, algorithm="ES256", headers={"kid": self.kid})
+
+
+def tenant_yaml(
+    name: str,
+    *,
+    match: str = "{}",
+    mtls: str = "PERMISSIVE",
+    issuer: Issuer | None = None,
+    trust_domains: Sequence[str] = (),
+    extra_rule: str = "",
+) -> str:
+    """A Tenant document as YAML text."""
+    lines = [
+        "apiVersion: extauthz.io/v1",
+        "kind: Tenant",
+        f"metadata: {{name: {name}}}",
+        "spec:",
+        f"  match: {match}",
+        f"  mtls: {{mode: {mtls}}}",
+    ]
+    if trust_domains:
+        lines.append(f"  trustDomains: {list(trust_domains)!r}")
+    if issuer is not None:
+        lines += [
+            "  jwtRules:",
+            f"  - issuer: {issuer.iss}",
+            f"    jwks: '{issuer.jwks}'",
+            "    outputClaimToHeaders: [{header: x-user, claim: sub}]",
+            *([extra_rule] if extra_rule else []),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def policy_yaml(name: str, namespace: str, spec: str, annotations: str = "") -> str:
+    """An AuthorizationPolicy document; ``spec`` is YAML flow or block text (indented 2)."""
+    meta = f"metadata: {{name: {name}, namespace: {namespace}{annotations}}}"
+    return f"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n{meta}\nspec:\n{spec}\n"

@@ -1,0 +1,146 @@
+"""The command line: validate, check, settings from flags and environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, check_request, policy_yaml, tenant_yaml
+
+EXAMPLE = REPO / "examples" / "requests" / "acme-frontend-list-orders.json"
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "extauthz", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+
+
+def test_validate_examples() -> None:
+    """The shipped example policies validate."""
+    out = run("policy", "validate", str(REPO / "policies"))
+    assert out.returncode == 0, out.stderr
+    assert "ok: tenant acme: 5 policies" in out.stdout
+    assert "ok: tenant globex: 3 policies" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("spec", "line", "field"),
+    [
+        (
+            "  rules:\n  - to:\n    - operation: {ports: 80}",
+            7,
+            "spec.rules[0].to[0].operation.ports",
+        ),
+        ("  action: CUSTOM\n  rules: [{}]", 5, "spec.action"),
+        (
+            "  rules:\n  - from:\n    - source:\n        principalz: [a]",
+            8,
+            "spec.rules[0].from[0].source.principalz",
+        ),
+    ],
+)
+def test_validate_names_file_line_and_field(
+    tmp_path: Path, spec: str, line: int, field: str
+) -> None:
+    """An invalid policy is reported as file:line: field: message, exit status 1."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(policy_yaml("bad", "shop", spec))
+    out = run("policy", "validate", str(tmp_path))
+    assert out.returncode == 1
+    assert f"{path}:{line}: {field}:" in out.stderr
+
+
+def test_validate_reports_tenant_conflicts(tmp_path: Path) -> None:
+    """Two tenants that claim the same host can't both be loaded."""
+    (tmp_path / "a.yaml").write_text(tenant_yaml("a", match="{hosts: [x.test]}"))
+    (tmp_path / "b.yaml").write_text(tenant_yaml("b", match="{hosts: [x.test]}"))
+    out = run("policy", "validate", str(tmp_path))
+    assert out.returncode == 1
+    assert "both match host='x.test'" in out.stderr
+
+
+def test_validate_warns_on_selector(tmp_path: Path) -> None:
+    """A workload selector can't be honoured by ext_authz: said out loud, not dropped silently."""
+    spec = "  selector: {matchLabels: {app: web}}\n  rules:\n  - {}"
+    (tmp_path / "p.yaml").write_text(policy_yaml("p", "shop", spec))
+    out = run("policy", "validate", str(tmp_path))
+    assert out.returncode == 0
+    assert "warning:" in out.stderr
+    assert "selector" in out.stderr
+
+
+def test_check_json_explains(tmp_path: Path) -> None:
+    """`check --output json` gives the decision, the deciding policy and the rule trace."""
+    out = run(
+        "check", "--policies", str(REPO / "policies"), "--request", str(EXAMPLE), "--output", "json"
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert (result["decision"], result["policy"], result["rule"]) == (
+        "allow",
+        "acme/frontend-to-orders",
+        0,
+    )
+    assert "explanation" in result
+
+
+def test_check_text_shows_failed_field_of_nearest_rule() -> None:
+    """A deny says which field of the nearest rule failed."""
+    example = REPO / "examples" / "requests" / "acme-user-write-without-scope.json"
+    out = run("check", "--policies", str(REPO / "policies"), "--request", str(example))
+    assert out.returncode == 1
+    assert out.stdout.startswith("DENY (403)")
+    assert "when[0].values" in out.stdout
+
+
+def test_policies_from_environment(tmp_path: Path) -> None:
+    """EXTAUTHZ_POLICIES stands in for --policies."""
+    (tmp_path / "t.yaml").write_text(tenant_yaml("shop"))
+    req = tmp_path / "r.json"
+    from google.protobuf import json_format
+
+    req.write_text(json_format.MessageToJson(check_request(host="shop.test")))
+    out = run(
+        "check", "--request", str(req), "--output", "json", env={"EXTAUTHZ_POLICIES": str(tmp_path)}
+    )
+    assert json.loads(out.stdout)["tenant"] == "shop"
+    assert out.returncode == 0
+
+
+def test_check_rejects_unknown_request_fields(tmp_path: Path) -> None:
+    """A request file with a typo is an error (exit 2), not a silently different request."""
+    req = tmp_path / "r.json"
+    req.write_text('{"attributes": {"request": {"http": {"methd": "GET"}}}}')
+    out = run("check", "--policies", str(REPO / "policies"), "--request", str(req))
+    assert out.returncode == 2
+    assert "methd" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--listen", "nope"], {}, "--listen (EXTAUTHZ_LISTEN): expected HOST:PORT"),
+        (["--policies", "/does/not/exist"], {}, "does not exist"),
+        ([], {"EXTAUTHZ_TRUSTED_PROXY_PRINCIPAL": "not-spiffe"}, "--trusted-proxy-principal"),
+    ],
+)
+def test_serve_fails_before_listening_on_bad_settings(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    """Bad settings stop `serve` at once with exit 2 and a message naming the flag."""
+    out = run("serve", *args, env=env, cwd=REPO)
+    assert out.returncode == 2
+    assert message in out.stderr
