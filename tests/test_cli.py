@@ -135,6 +135,7 @@ def test_check_rejects_unknown_request_fields(tmp_path: Path) -> None:
         (["--listen", "nope"], {}, "--listen (EXTAUTHZ_LISTEN): expected HOST:PORT"),
         (["--policies", "/does/not/exist"], {}, "does not exist"),
         ([], {"EXTAUTHZ_TRUSTED_PROXY_PRINCIPAL": "not-spiffe"}, "--trusted-proxy-principal"),
+        (["--policies", "policies"], {"EXTAUTHZ_REDIS_URL": "redis://x"}, "choose one store"),
     ],
 )
 def test_serve_fails_before_listening_on_bad_settings(

@@ -17,9 +17,8 @@ def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "serve", help="serve envoy.service.auth.v3.Authorization/Check"
     )
-    src = p.add_mutually_exclusive_group()
-    _env.add(src, "--policies", default="policies", help="directory (or file) of YAML documents")
-    _env.add(src, "--redis-url", help="redis://, rediss://, unix:// (tenant rules in Redis)")
+    _env.add(p, "--policies", help="directory (or file) of YAML documents [default: policies]")
+    _env.add(p, "--redis-url", help="redis://, rediss://, unix:// (tenant rules in Redis)")
     _env.add(p, "--listen", default="0.0.0.0:9191", help="gRPC address HOST:PORT")
     _env.add(p, "--metrics-listen", help="Prometheus address HOST:PORT (off when empty)")
     _env.add(p, "--xff-num-trusted-hops", default="0", help="hops of x-forwarded-for to trust")
@@ -51,10 +50,15 @@ def register(sub: Any) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    if args.policies and args.redis_url:
+        raise SettingsError(
+            "--policies (EXTAUTHZ_POLICIES) and --redis-url (EXTAUTHZ_REDIS_URL) are both set;"
+            " choose one store"
+        )
     try:
         return Settings(
             listen=args.listen,
-            policies=Path(args.policies),
+            policies=Path(args.policies or "policies"),
             redis_url=args.redis_url or None,
             metrics_listen=args.metrics_listen or None,
             xff_num_trusted_hops=int(args.xff_num_trusted_hops),
