@@ -16,6 +16,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -33,7 +34,7 @@ from google.rpc import code_pb2
 from jwt.algorithms import ECAlgorithm
 
 from extauthz.envoyconfig import EnvoyOptions, HostPort, TlsFiles, XfccMode, render
-from tests.helpers import ServerProcess, free_port, serving, wait_for
+from tests.helpers import RedisServer, ServerProcess, free_port, serving, wait_for
 from tests.pki import Issued, TestCA
 
 pytestmark = pytest.mark.envoy
@@ -632,7 +633,7 @@ def test_answer_after_timeout_denies(workdir: Path, upstream: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# policy changes at run time
+# policy changes at run time (file store, Redis store)
 
 
 def test_file_policy_change_takes_effect_without_restart(
@@ -645,6 +646,46 @@ def test_file_policy_change_takes_effect_without_restart(
         assert send(envoy, "/public/page").status == 200
         assert send(envoy, "/open/page").status == 403
         (directory / "public.yaml").write_text(PUBLIC.format(path="/open/*"))
+        wait_for(
+            lambda: send(envoy, "/open/page").status == 200, 20, 0.1, "the new policy to apply"
+        )
+        assert send(envoy, "/public/page").status == 403
+
+
+def apply_to_redis(url: str, directory: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "extauthz",
+            "policy",
+            "apply",
+            "--redis-url",
+            url,
+            "-f",
+            str(directory),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.redis
+def test_redis_policy_change_takes_effect_without_restart(
+    tmp_path: Path, issuer: Issuer, upstream: str, redis_server: RedisServer
+) -> None:
+    """``extauthz policy apply`` to Redis changes Envoy's answers; nothing is restarted."""
+    directory = write_policies(tmp_path / "policies", issuer, public="/public/*")
+    apply_to_redis(redis_server.url, directory)
+    args = ["--redis-url", redis_server.url, "--log-level", "warning"]
+    with serving(args) as server, running_envoy(tmp_path, server.address, upstream) as envoy:
+        assert send(envoy, "/public/page").status == 200
+        assert send(envoy, "/open/page").status == 403
+        (directory / "public.yaml").write_text(PUBLIC.format(path="/open/*"))
+        apply_to_redis(redis_server.url, directory)
         wait_for(
             lambda: send(envoy, "/open/page").status == 200, 20, 0.1, "the new policy to apply"
         )
