@@ -37,6 +37,14 @@ class Snapshot:
         """Raises TenantConflict when two tenants claim the same requests."""
         return cls(dict(tenants), TenantRouter(t.spec for t in tenants.values()))
 
+    def with_tenant(self, tenants: Mapping[str, CompiledTenant], name: str) -> Snapshot:
+        """``tenants`` (this snapshot with ``name`` changed): the router is reused when
+        ``name`` routes exactly as before (the router only yields names), else rebuilt."""
+        old, new = self.tenants.get(name), tenants.get(name)
+        if old is not None and new is not None and old.spec.match == new.spec.match:
+            return Snapshot(dict(tenants), self.router)
+        return Snapshot.build(tenants)
+
     def route(self, view: RequestView, dest_ns: str | None) -> CompiledTenant | None:
         spec = self.router.route(view.host, dest_ns, view.headers)
         return None if spec is None else self.tenants.get(spec.name)
@@ -60,6 +68,7 @@ class Registry:
         self.snapshot = Snapshot()
         self.ready = False  # a first full load has happened
         self.connected = True
+        self.disconnected_since: float | None = None  # clock() when the store went away
         self.stats = Stats()
         self._jwks = jwks
         self._clock = clock
@@ -100,7 +109,7 @@ class Registry:
                 return
             tenants[tenant] = compiled
         try:
-            snapshot = Snapshot.build(tenants)
+            snapshot = self.snapshot.with_tenant(tenants, tenant)
         except TenantConflict as exc:
             self._count_reject(tenant, source.version if source else "", exc)
             return
@@ -116,8 +125,17 @@ class Registry:
     def set_connected(self, connected: bool) -> None:
         if connected != self.connected:
             self.connected = connected
+            self.disconnected_since = None if connected else self._clock()
             log.warning("store connection changed", connected=connected)
             self._notify()
+
+    @property
+    def stale_seconds(self) -> float:
+        """How long the store has been unreachable (0 while connected): the age, at most,
+        of the rules being served."""
+        if self.disconnected_since is None:
+            return 0.0
+        return max(0.0, self._clock() - self.disconnected_since)
 
     # -- internals --------------------------------------------------------------------
 
