@@ -247,3 +247,77 @@ def policy_yaml(name: str, namespace: str, spec: str, annotations: str = "") -> 
     """An AuthorizationPolicy document; ``spec`` is YAML flow or block text (indented 2)."""
     meta = f"metadata: {{name: {name}, namespace: {namespace}{annotations}}}"
     return f"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n{meta}\nspec:\n{spec}\n"
+
+
+def tenant_documents(name: str, host: str, paths: Sequence[str] = ("/open/*",)) -> str:
+    """YAML of a tenant matched by ``host`` whose one ALLOW policy admits GETs of ``paths``."""
+    return (
+        f"apiVersion: extauthz.io/v1\nkind: Tenant\nmetadata: {{name: {name}}}\n"
+        f"spec:\n  match: {{hosts: [{host}]}}\n---\n"
+        f"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        f"metadata: {{name: reads, namespace: {name}}}\n"
+        f"spec:\n  action: ALLOW\n  rules:\n  - to:\n    - operation:\n"
+        f"        methods: [GET]\n        paths: {list(paths)!r}\n"
+    )
+
+
+class RedisClusterServers:
+    """A throwaway Redis Cluster: ``masters`` redis-servers on free ports, slots spread."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes: list[RedisServer] = []
+        try:
+            for _ in range(masters):
+                node_dir = workdir / f"node-{len(self.nodes)}"
+                node_dir.mkdir(parents=True)
+                self.nodes.append(
+                    RedisServer(
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        str(free_port()),
+                        "--cluster-config-file",
+                        str(node_dir / "nodes.conf"),
+                        "--dir",
+                        str(node_dir),
+                    )
+                )
+            subprocess.run(
+                [
+                    "redis-cli",
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=30,
+            )
+            wait_for(self._ok, 20, what="cluster_state:ok on every node")
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def _ok(self) -> bool:
+        for node in self.nodes:
+            out = subprocess.run(
+                ["redis-cli", "-p", str(node.port), "cluster", "info"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout
+            if "cluster_state:ok" not in out:
+                return False
+        return True
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -1,0 +1,232 @@
+"""The Redis store: load every tenant, then follow the change channel; resync on reconnect.
+
+One session, top to bottom: SUBSCRIBE to the change channel first (so nothing published
+during the load is missed), then load (the first time: everything, ``Sink.replace_all``;
+after a reconnect: compare every tenant's version with the one held and fetch only those
+that differ), then apply notifications as they arrive, a batch at a time. Any Redis error
+ends the session: the sink is told it is disconnected (Checks keep being decided from
+memory) and a new session starts after a backoff. Checks never call Redis.
+
+A record that fails to decode is reported with its tenant and version (``Sink.reject``);
+the registry keeps the last good version. A tenant whose key disappeared without a
+tombstone (a flushed or evicted Redis) is kept as it is, with an error in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterable
+from typing import Any, Final
+
+import structlog
+from redis.exceptions import RedisError
+
+from extauthz.store.base import Sink, Store, TenantSource
+from extauthz.store.redis_client import Client, connect, display_target, parse_url
+from extauthz.store.redis_model import Record, Rejected, TenantRepo, chunks
+
+__all__ = ["RedisStore"]
+
+log = structlog.get_logger("extauthz.store.redis")
+
+MAX_BATCH: Final = 500  # notifications applied together
+PROGRESS_EVERY: Final = 2.0  # seconds between load progress lines
+
+
+class Backoff:
+    """Exponential backoff with full jitter, reset after a good session."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not crypto
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class RedisStore(Store):
+    """Tenant documents from Redis (see docs/redis.md for keys and guarantees)."""
+
+    name = "redis"
+
+    def __init__(self, client: Client, prefix: str, *, where: str = "redis") -> None:
+        self.client = client
+        self.repo = TenantRepo(client, prefix)
+        self.where = where
+        self.loaded = False
+        # tenant -> the version last reported to the sink (accepted, rejected or deleted)
+        self._seen: dict[str, str] = {}
+        self._held: set[str] = set()  # tenants the sink holds documents for
+        self._down_since: float | None = None
+        self._last_down_log = 0.0
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        target = parse_url(url)
+        return cls(connect(target), target.prefix, where=display_target(target))
+
+    async def run(self, sink: Sink) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                await self._session(sink, backoff)
+            except (RedisError, OSError) as exc:
+                self._disconnected(sink, exc)
+            await asyncio.sleep(backoff.next())
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # -- one session ---------------------------------------------------------------------
+
+    async def _session(self, sink: Sink, backoff: Backoff) -> None:
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.repo.keys.channel)
+            if self.loaded:
+                await self._resync(sink)
+            else:
+                await self._full_load(sink)
+            self._connected(sink)
+            backoff.reset()
+            while True:
+                message = await pubsub.get_message(timeout=5.0)
+                if message is None:
+                    continue
+                changed = {self._parse(message)}
+                while len(changed) < MAX_BATCH:  # coalesce a burst into one read
+                    more = await pubsub.get_message(timeout=0)
+                    if more is None:
+                        break
+                    changed.add(self._parse(more))
+                changed.discard(None)
+                await self._refresh(sink, [t for t in changed if t is not None])
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _parse(self, message: dict[str, Any]) -> str | None:
+        data = message.get("data")
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+        tenant, _, _version = text.partition(" ")
+        return tenant or None
+
+    async def _full_load(self, sink: Sink) -> None:
+        start = time.monotonic()
+        last = start
+        sources: dict[str, TenantSource] = {}
+        count = 0
+        async for batch in self.repo.tenants():
+            for tenant, record in zip(batch, await self.repo.records(batch), strict=True):
+                count += 1
+                self._take(sink, tenant, record, sources)
+            now = time.monotonic()
+            if now - last >= PROGRESS_EVERY:
+                last = now
+                log.info("loading tenants from redis", read=count, elapsed=round(now - start, 1))
+        fetched = time.monotonic()
+        sink.replace_all(sources)
+        self._held = set(sources)
+        self.loaded = True
+        log.info(
+            "tenants loaded from redis",
+            tenants=len(sources),
+            records=count,
+            read_seconds=round(fetched - start, 2),
+            compile_seconds=round(time.monotonic() - fetched, 2),
+            where=self.where,
+        )
+
+    def _take(
+        self,
+        sink: Sink,
+        tenant: str,
+        record: Record | Rejected | None,
+        sources: dict[str, TenantSource],
+    ) -> None:
+        if isinstance(record, Rejected):
+            self._reject(sink, record)
+        elif record is not None:
+            self._seen[tenant] = str(record.version)
+            if record.source is not None:
+                sources[tenant] = record.source
+
+    async def _resync(self, sink: Sink) -> None:
+        """After a reconnect: fetch only the tenants whose version moved."""
+        versions = await self.repo.versions()
+        changed = [t for t, v in versions.items() if self._seen.get(t) != v or not v]
+        for tenant in sorted(self._held - versions.keys()):
+            log.error(
+                "tenant missing from redis without a delete record; keeping the last good "
+                "version (was redis emptied or evicted?)",
+                tenant=tenant,
+                version=self._seen.get(tenant),
+            )
+        log.info("resynchronizing with redis", tenants=len(versions), changed=len(changed))
+        await self._refresh(sink, changed)
+
+    async def _refresh(self, sink: Sink, tenants: Iterable[str]) -> None:
+        for batch in chunks(tenants, self.repo.batch):
+            for tenant, record in zip(batch, await self.repo.records(batch), strict=True):
+                if isinstance(record, Rejected):
+                    self._reject(sink, record)
+                elif record is None:
+                    if tenant in self._held:
+                        log.error(
+                            "tenant announced but its key is gone; keeping the last good version",
+                            tenant=tenant,
+                        )
+                elif self._seen.get(tenant) == str(record.version):
+                    continue  # already applied (a notification for a version we resynced)
+                else:
+                    self._seen[tenant] = str(record.version)
+                    if record.source is None:
+                        if tenant in self._held:
+                            self._held.discard(tenant)
+                            sink.update(tenant, None)
+                    else:
+                        self._held.add(tenant)
+                        sink.update(tenant, record.source)
+
+    def _reject(self, sink: Sink, rejected: Rejected) -> None:
+        mark = f"!{rejected.version}:{rejected.error}"
+        if self._seen.get(rejected.tenant) == mark:
+            return  # reported once per distinct bad value, not once per resync
+        self._seen[rejected.tenant] = mark
+        sink.reject(rejected.tenant, rejected.version, rejected.error)
+
+    # -- connection state ------------------------------------------------------------------
+
+    def _connected(self, sink: Sink) -> None:
+        if self._down_since is not None:
+            log.info(
+                "redis reachable again",
+                where=self.where,
+                down_seconds=round(time.monotonic() - self._down_since, 1),
+            )
+        self._down_since = None
+        sink.set_connected(True)
+
+    def _disconnected(self, sink: Sink, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            self._last_down_log = 0.0
+        sink.set_connected(False)
+        if now - self._last_down_log >= 10.0:
+            self._last_down_log = now
+            log.error(
+                "redis unreachable; deciding from the policies held in memory"
+                if self.loaded
+                else "redis unreachable; no policies loaded yet",
+                where=self.where,
+                error=str(exc) or type(exc).__name__,
+                stale_seconds=round(now - self._down_since, 1),
+            )

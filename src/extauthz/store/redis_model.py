@@ -1,0 +1,389 @@
+"""The Redis data model: keys, the record of one tenant, the atomic write, bulk reads.
+
+Every key of a tenant carries the tenant name as a hash tag, so they share one Redis
+Cluster slot and one Lua script can update them atomically (see docs/redis.md)::
+
+    {P}:{acme}:current   HASH  version, documents, digest, match, policies, deleted, updated
+    {P}:{acme}:history   HASH  <version> -> documents of that earlier version (last N kept)
+    {P}:changes          channel; a write publishes "acme 8" after it commits
+
+``documents`` is a JSON array of the tenant's documents (the same shape as the YAML
+files), ``digest`` its SHA-256, so a value changed outside extauthz or cut short is
+detected and rejected. ``match`` is the tenant's routing match as JSON, which lets a
+writer check routing conflicts against every other tenant without reading their policies.
+A delete is a tombstone (``deleted`` = 1, a new version) rather than a missing key: a key
+that vanishes (an emptied or evicted Redis) is not mistaken for a deletion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from redis.exceptions import RedisError, ResponseError
+
+from extauthz.documents import Document, _envelope
+from extauthz.errors import ConflictError, DocumentError, Location, StoreError
+from extauthz.store.base import TenantSource
+from extauthz.store.redis_client import Client
+from extauthz.tenancy import TenantMatch, TenantSpec, check_tenant_name
+
+__all__ = [
+    "DEFAULT_KEEP",
+    "Keys",
+    "Record",
+    "Rejected",
+    "TenantRepo",
+    "WriteResult",
+    "decode_record",
+    "encode_documents",
+    "match_json",
+    "spec_of_match",
+]
+
+DEFAULT_KEEP: Final = 10
+RECORD_FIELDS: Final = ("version", "deleted", "digest", "documents")
+SCAN_COUNT: Final = 1000
+
+# KEYS: current, history. ARGV: expected version ("" = any), op ("put" | "delete"),
+# documents, digest, match, policies, now, keep, channel, tenant.
+# Returns {status, version}: status "ok", "unchanged" or "conflict" (version = current).
+WRITE_SCRIPT: Final = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= cur then
+  return {'conflict', cur}
+end
+local old = redis.call('HMGET', KEYS[1], 'documents', 'digest', 'deleted')
+local live = old[1] and old[3] ~= '1'
+if ARGV[2] == 'put' and live and old[2] == ARGV[4] then
+  return {'unchanged', cur}
+end
+if ARGV[2] == 'delete' and not live then
+  return {'unchanged', cur}
+end
+local new = cur + 1
+if live then
+  redis.call('HSET', KEYS[2], tostring(cur), old[1])
+end
+if ARGV[2] == 'put' then
+  redis.call('HSET', KEYS[1], 'version', new, 'documents', ARGV[3], 'digest', ARGV[4],
+             'match', ARGV[5], 'policies', ARGV[6], 'deleted', '0', 'updated', ARGV[7])
+else
+  redis.call('HDEL', KEYS[1], 'documents', 'digest', 'match', 'policies')
+  redis.call('HSET', KEYS[1], 'version', new, 'deleted', '1', 'updated', ARGV[7])
+end
+local keep = tonumber(ARGV[8])
+if redis.call('HLEN', KEYS[2]) > keep then
+  for _, v in ipairs(redis.call('HKEYS', KEYS[2])) do
+    if tonumber(v) == nil or tonumber(v) < new - keep then
+      redis.call('HDEL', KEYS[2], v)
+    end
+  end
+end
+redis.call('PUBLISH', ARGV[9], ARGV[10] .. ' ' .. new)
+return {'ok', new}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under a prefix."""
+
+    prefix: str
+
+    def current(self, tenant: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:current"
+
+    def history(self, tenant: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:history"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}:changes"
+
+    @property
+    def current_pattern(self) -> str:
+        return f"{self.prefix}:{{*}}:current"
+
+    def tenant_of(self, key: bytes | str) -> str | None:
+        """``{P}:{acme}:current`` -> ``acme``; None for a key that is not ours."""
+        text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        head = f"{self.prefix}:{{"
+        if not (text.startswith(head) and text.endswith("}:current")):
+            return None
+        tenant = text[len(head) : -len("}:current")]
+        return tenant if check_tenant_name(tenant) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One tenant's current record, decoded. ``source`` is None for a tombstone."""
+
+    tenant: str
+    version: int
+    source: TenantSource | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record that cannot be served: why, and at which version ("?" if unknown)."""
+
+    tenant: str
+    version: str
+    error: DocumentError
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    tenant: str
+    version: int
+    changed: bool  # False: the same documents were already current (no new version)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def encode_documents(docs: Sequence[Document]) -> tuple[str, str]:
+    """The stored form of ``docs``: (JSON array text, its SHA-256)."""
+    text = json.dumps([d.body for d in docs], separators=(",", ":"), ensure_ascii=False)
+    return text, hashlib.sha256(text.encode()).hexdigest()
+
+
+def decode_documents(text: str, source: str) -> list[Document]:
+    """Documents from their stored JSON. Raises DocumentError as the YAML loader does."""
+    try:
+        bodies = json.loads(text)
+    except ValueError as exc:
+        raise DocumentError(f"not valid JSON: {exc}", location=Location(source)) from None
+    if not isinstance(bodies, list):
+        raise DocumentError("documents must be a JSON array", location=Location(source))
+    # The same envelope checks as load_documents; stored JSON has no lines to report.
+    return [_envelope(body, f"{source}#{i}", {}) for i, body in enumerate(bodies)]
+
+
+def decode_record(tenant: str, key: str, values: Sequence[Any]) -> Record:
+    """HMGET ``RECORD_FIELDS`` -> Record. Raises DocumentError for anything malformed."""
+    raw_version, deleted, digest, documents = (_text(v) for v in values)
+    where = Location(f"redis:{key}")
+    if raw_version is None:
+        raise DocumentError("record has no version (not written by extauthz?)", location=where)
+    try:
+        version = int(raw_version)
+    except ValueError:
+        raise DocumentError(f"version {raw_version!r} is not an integer", location=where) from None
+    source = f"redis:{key}@{version}"
+    if deleted == "1":
+        return Record(tenant, version, None)
+    if documents is None or digest is None:
+        raise DocumentError("record is incomplete (half-written?)", location=Location(source))
+    if hashlib.sha256(documents.encode()).hexdigest() != digest:
+        raise DocumentError(
+            "documents do not match their digest (changed outside extauthz or cut short)",
+            location=Location(source),
+        )
+    docs = decode_documents(documents, source)
+    return Record(tenant, version, TenantSource(tenant, str(version), tuple(docs)))
+
+
+def match_json(spec: TenantSpec) -> str:
+    m = spec.match
+    return json.dumps(
+        {
+            "hosts": list(m.hosts),
+            "destinationNamespaces": sorted(m.destination_namespaces),
+            "headers": dict(m.headers),
+        },
+        separators=(",", ":"),
+    )
+
+
+def spec_of_match(tenant: str, text: str) -> TenantSpec:
+    """A routing-only TenantSpec from a stored ``match`` (for conflict checks)."""
+    data = json.loads(text)
+    return TenantSpec(
+        name=tenant,
+        match=TenantMatch(
+            hosts=tuple(data.get("hosts", ())),
+            destination_namespaces=frozenset(data.get("destinationNamespaces", ())),
+            headers=tuple((str(k), str(v)) for k, v in data.get("headers", {}).items()),
+        ),
+    )
+
+
+class TenantRepo:
+    """Reads and atomic writes of tenant records; shared by the server store and the CLI."""
+
+    def __init__(self, client: Client, prefix: str, *, batch: int = SCAN_COUNT) -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self.batch = batch
+        self._write = client.register_script(WRITE_SCRIPT)
+
+    async def tenants(self) -> AsyncIterator[list[str]]:
+        """Every tenant with a record (tombstones too), in batches of up to ``batch``."""
+        pending: list[str] = []
+        async for key in self.client.scan_iter(match=self.keys.current_pattern, count=self.batch):
+            tenant = self.keys.tenant_of(key)
+            if tenant is None:
+                continue
+            pending.append(tenant)
+            if len(pending) >= self.batch:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
+
+    async def hmget_many(self, tenants: Sequence[str], fields: Sequence[str]) -> list[Any]:
+        """HMGET ``fields`` of each tenant's record in one pipeline; an error stays in place."""
+        pipe = self.client.pipeline(transaction=False)
+        for tenant in tenants:
+            pipe.hmget(self.keys.current(tenant), list(fields))
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        for result in results:
+            # A broken connection fails the whole read; a wrong-type key fails only its own.
+            if isinstance(result, RedisError) and not isinstance(result, ResponseError):
+                raise result
+        return results
+
+    async def records(self, tenants: Sequence[str]) -> list[Record | Rejected | None]:
+        """Decode each tenant's record: a Record, a Rejected, or None (no key)."""
+        out: list[Record | Rejected | None] = []
+        values = await self.hmget_many(tenants, RECORD_FIELDS)
+        for tenant, value in zip(tenants, values, strict=True):
+            key = self.keys.current(tenant)
+            if isinstance(value, ResponseError):
+                error = DocumentError(f"unreadable: {value}", location=Location(f"redis:{key}"))
+                out.append(Rejected(tenant, "?", error))
+            elif all(v is None for v in value):
+                out.append(None)
+            else:
+                try:
+                    out.append(decode_record(tenant, key, value))
+                except DocumentError as exc:
+                    version = _text(value[0]) or "?"
+                    out.append(Rejected(tenant, version, exc))
+        return out
+
+    async def versions(self) -> dict[str, str]:
+        """Every tenant's current version (as text; "" when unreadable), tombstones included."""
+        out: dict[str, str] = {}
+        async for batch in self.tenants():
+            values = await self.hmget_many(batch, ("version",))
+            for tenant, value in zip(batch, values, strict=True):
+                if isinstance(value, ResponseError):
+                    out[tenant] = ""
+                elif value[0] is not None:
+                    out[tenant] = _text(value[0]) or ""
+        return out
+
+    async def routes(self) -> dict[str, TenantSpec]:
+        """The routing spec of every live tenant (for conflict checks)."""
+        out: dict[str, TenantSpec] = {}
+        async for batch in self.tenants():
+            values = await self.hmget_many(batch, ("deleted", "match"))
+            for tenant, value in zip(batch, values, strict=True):
+                if isinstance(value, ResponseError):
+                    continue
+                deleted, match = (_text(v) for v in value)
+                if deleted != "1" and match:
+                    try:
+                        out[tenant] = spec_of_match(tenant, match)
+                    except (ValueError, AttributeError, TypeError):
+                        continue
+        return out
+
+    async def summary(self, tenants: Sequence[str]) -> list[dict[str, Any]]:
+        """version, deleted, policies and updated of each tenant (for ``policy list``)."""
+        fields = ("version", "deleted", "policies", "updated")
+        values = await self.hmget_many(tenants, fields)
+        out: list[dict[str, Any]] = []
+        for tenant, value in zip(tenants, values, strict=True):
+            if isinstance(value, ResponseError):
+                out.append({"tenant": tenant, "error": str(value)})
+                continue
+            version, deleted, policies, updated = (_text(v) for v in value)
+            out.append(
+                {
+                    "tenant": tenant,
+                    "version": int(version) if version and version.isdigit() else version,
+                    "deleted": deleted == "1",
+                    "policies": int(policies) if policies and policies.isdigit() else None,
+                    "updated": float(updated) if updated else None,
+                }
+            )
+        return out
+
+    async def history(self, tenant: str) -> dict[int, str]:
+        """The kept earlier versions of a tenant: version -> documents JSON."""
+        raw: dict[Any, Any] = await self.client.hgetall(self.keys.history(tenant))
+        out: dict[int, str] = {}
+        for k, v in raw.items():
+            key = _text(k) or ""
+            if key.isdigit():
+                out[int(key)] = _text(v) or ""
+        return dict(sorted(out.items()))
+
+    async def write(
+        self,
+        tenant: str,
+        docs: Sequence[Document] | None,
+        *,
+        spec: TenantSpec | None = None,
+        policies: int = 0,
+        expected: int | None = None,
+        keep: int = DEFAULT_KEEP,
+    ) -> WriteResult:
+        """Store ``docs`` (None: delete) atomically as the next version and announce it.
+
+        The caller has validated and compiled ``docs``. Raises ConflictError when
+        ``expected`` is given and is not the current version.
+        """
+        if docs is None:
+            args: list[Any] = ["delete", "", "", "", 0]
+        else:
+            if spec is None:
+                raise ValueError("a write needs the tenant's compiled spec")
+            try:
+                text, digest = encode_documents(docs)
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"{tenant}: documents are not representable: {exc}") from None
+            args = ["put", text, digest, match_json(spec), policies]
+        try:
+            status, version = await self._write(
+                keys=[self.keys.current(tenant), self.keys.history(tenant)],
+                args=[
+                    "" if expected is None else str(expected),
+                    *args,
+                    repr(time.time()),
+                    max(keep, 1),
+                    self.keys.channel,
+                    tenant,
+                ],
+            )
+        except RedisError as exc:
+            raise StoreError(f"{tenant}: write failed: {exc}") from exc
+        status = _text(status)
+        if status == "conflict":
+            raise ConflictError(
+                f"tenant {tenant!r} is at version {version}, not the expected {expected}; "
+                "re-read it (extauthz policy get) and retry"
+            )
+        return WriteResult(tenant, int(version), status == "ok")
+
+
+def chunks(items: Iterable[str], size: int) -> Iterable[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
