@@ -1,0 +1,199 @@
+"""In-process time per Check, stage by stage, for the bench tenant (20 policies, JWT cached).
+
+    python bench/engine.py [--iterations 20000] [--max-seconds 8]
+
+The request and tenant are bench/workload.py's (allowed by the 15th policy, audited by the
+20th). Each stage runs a warm-up, then ``--iterations`` timed calls (each call timed on its
+own with ``time.perf_counter_ns``, stopping early after ``--max-seconds``); the table gives
+the median, p99 and mean in microseconds. Stages:
+
+- ``evaluate``: the policy engine alone (``policy.evaluate`` on a prebuilt Subject);
+- ``authenticate``: the tenant's Authenticator with the token already verified (cache hit);
+- ``pipeline``: ``CheckPipeline.__call__`` (identity, tenant, authn with a cached token,
+  Subject, engine, Outcome); target: a median of at most 30 us;
+- ``decode`` and ``build_response``: CheckRequest -> RequestView, Outcome -> CheckResponse;
+- ``decode+pipeline+response``: the three, on protobuf objects;
+- ``servicer.Check (wire)``: what the server runs per call besides grpc itself: parse the
+  serialized CheckRequest, ``AuthorizationServicer.Check`` (driven without an event loop, it
+  never awaits), serialize the CheckResponse.
+
+``timer`` is an empty call: the floor every other row includes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envoy.service.auth.v3 import external_auth_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workload
+
+from extauthz.authn import JwksCache
+from extauthz.catalog import compile_documents
+from extauthz.decode import decode
+from extauthz.documents import load_documents
+from extauthz.logs import configure_logging
+from extauthz.pipeline import CheckPipeline
+from extauthz.policy import evaluate
+from extauthz.registry import Registry, Snapshot
+from extauthz.response import build_response
+from extauthz.servicer import AuthorizationServicer
+from extauthz.store.base import TenantSource
+
+TARGET_PIPELINE_US = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    stage: str
+    n: int
+    median_us: float
+    p99_us: float
+    mean_us: float
+
+
+class _Context:
+    """The one ServicerContext method Check calls."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+def percentile(sorted_values: list[int], q: float) -> int:
+    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
+
+
+def measure(
+    stage: str, fn: Callable[[], object], iterations: int, max_seconds: float, warmup: int
+) -> Row:
+    for _ in range(warmup):
+        fn()
+    gc.collect()
+    clock = time.perf_counter_ns
+    samples: list[int] = []
+    append = samples.append
+    deadline = clock() + int(max_seconds * 1e9)
+    for _ in range(iterations):
+        start = clock()
+        fn()
+        end = clock()
+        append(end - start)
+        if end > deadline:
+            break
+    samples.sort()
+    return Row(
+        stage,
+        len(samples),
+        percentile(samples, 0.5) / 1000,
+        percentile(samples, 0.99) / 1000,
+        statistics.fmean(samples) / 1000,
+    )
+
+
+def drive(coro: Any) -> Any:
+    """Run a coroutine that never awaits to its end, without an event loop."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("Check awaited; it must decide without awaiting")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="in-process time per Check, per stage")
+    parser.add_argument("--iterations", type=int, default=20_000, help="timed calls per stage")
+    parser.add_argument("--warmup", type=int, default=2_000, help="untimed calls per stage")
+    parser.add_argument("--max-seconds", type=float, default=8.0, help="time cap per stage")
+    parser.add_argument("--policies", type=Path, default=workload.TENANT_FILE, help="YAML file")
+    parser.add_argument("--output", type=Path, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    configure_logging("error", "console")
+
+    docs = load_documents(args.policies.read_bytes(), str(args.policies))
+    jwks = JwksCache()
+    tenant = compile_documents(workload.TENANT, docs, jwks)
+    snapshot = Snapshot.build({tenant.name: tenant})
+    pipeline = CheckPipeline()
+    request = workload.check_request()
+    wire = request.SerializeToString()
+    view = decode(request)
+
+    outcome, _, subject = pipeline.trace(snapshot, view)  # verifies and caches the token
+    outcome, _, subject = pipeline.trace(snapshot, view)
+    if not outcome.allowed or outcome.policy != workload.DECIDING_POLICY:
+        raise SystemExit(f"unexpected decision for the bench request: {outcome}")
+    if not outcome.jwt_cache_hit or subject is None:
+        raise SystemExit("the token was not served from the cache")
+
+    registry = Registry(jwks)
+    registry.replace_all({tenant.name: TenantSource(tenant.name, "v1", tuple(docs))})
+    servicer = AuthorizationServicer(registry, pipeline)
+    context: Any = _Context()  # stands in for grpc.aio.ServicerContext
+    parse = external_auth_pb2.CheckRequest.FromString
+    reply = external_auth_pb2.CheckResponse.FromString(
+        drive(servicer.Check(parse(wire), context)).SerializeToString()
+    )
+    if reply.status.code != 0 or not reply.HasField("ok_response"):
+        raise SystemExit(f"servicer did not allow the bench request: {reply}")
+
+    policies = tenant.policies
+    authenticator = tenant.authenticator
+
+    def full() -> object:
+        v = decode(request)
+        return build_response(pipeline(snapshot, v), v.request_id)
+
+    stages: list[tuple[str, Callable[[], object]]] = [
+        ("timer", lambda: None),
+        ("evaluate", lambda: evaluate(policies, subject)),
+        ("authenticate (cached JWT)", lambda: authenticator.authenticate(view)),
+        ("pipeline", lambda: pipeline(snapshot, view)),
+        ("decode", lambda: decode(request)),
+        ("build_response", lambda: build_response(outcome, view.request_id)),
+        ("decode+pipeline+response", full),
+        (
+            "servicer.Check (wire)",
+            lambda: drive(servicer.Check(parse(wire), context)).SerializeToString(),
+        ),
+    ]
+    rows = [measure(n, fn, args.iterations, args.max_seconds, args.warmup) for n, fn in stages]
+
+    pipe = next(r for r in rows if r.stage == "pipeline")
+    verdict = "met" if pipe.median_us <= TARGET_PIPELINE_US else "NOT met"
+    lines = [
+        f"# extauthz in-process Check time ({time.strftime('%Y-%m-%d %H:%M:%S')})",
+        "",
+        f"Tenant {args.policies.name}: {len(policies)} policies, decided by "
+        f"{outcome.policy}; JWT cached. Python {platform.python_version()}, "
+        f"{platform.machine()}.",
+        "",
+        "| stage | n | median us | p99 us | mean us |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {r.stage} | {r.n} | {r.median_us:.1f} | {r.p99_us:.1f} | {r.mean_us:.1f} |"
+            for r in rows
+        ),
+        "",
+        f"pipeline median {pipe.median_us:.1f} us: target <= {TARGET_PIPELINE_US:.0f} us {verdict}",
+    ]
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
