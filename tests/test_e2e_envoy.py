@@ -117,6 +117,7 @@ def running_envoy(
     tls: TlsFiles | None = None,
     xfcc: XfccMode | None = None,
     timeout: float = CHECK_TIMEOUT,
+    with_request_body: int | None = None,
 ) -> Iterator[EnvoyProcess]:
     options = EnvoyOptions(
         extauthz=HostPort.parse(extauthz),
@@ -126,6 +127,7 @@ def running_envoy(
         tls=tls,
         xfcc=xfcc,
         timeout=timeout,
+        with_request_body=with_request_body,
     )
     envoy = EnvoyProcess(options, directory)
     try:
@@ -243,6 +245,7 @@ def send(
     path: str = "/",
     *,
     method: str = "GET",
+    body: bytes | None = None,
     context: ssl.SSLContext | None = None,
     headers: Mapping[str, str] | None = None,
     host: str = "shop.test",
@@ -254,7 +257,7 @@ def send(
     else:
         conn = http.client.HTTPSConnection("127.0.0.1", envoy.port, timeout=10, context=context)
     try:
-        conn.request(method, path, headers={"Host": host, **(headers or {})})
+        conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
         response = conn.getresponse()
         body = response.read()
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
@@ -578,18 +581,37 @@ def test_listener_rejects_certificate_of_another_ca(
 # no peer identity (plain listener)
 
 
-def test_spoofed_principal_header_does_not_reach_upstream(plain: EnvoyProcess) -> None:
-    """A client without a peer identity cannot hand the upstream an x-extauthz-principal."""
-    got = send(plain, "/public/page", headers={"x-extauthz-principal": FRONTEND})
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("x-extauthz-principal", None),
+        ("x-extauthz-request-principal", None),
+        ("x-extauthz-tenant", ["shop"]),
+    ],
+)
+def test_spoofed_identity_header_does_not_reach_upstream(
+    plain: EnvoyProcess, header: str, expected: list[str] | None
+) -> None:
+    """A client's own x-extauthz-* header is removed, or replaced by extauthz's value."""
+    got = send(plain, "/public/page", headers={header: "spiffe://cluster.local/ns/x/sa/y"})
     assert got.status == 200
-    assert "x-extauthz-principal" not in got.upstream_headers
-    assert got.upstream_headers["x-extauthz-tenant"] == ["shop"]
+    assert got.upstream_headers.get(header) == expected
 
 
 def test_spoofed_principal_header_does_not_authorize(plain: EnvoyProcess) -> None:
     """Claiming a SPIFFE ID in a header does not satisfy a principals rule."""
     reply = send(plain, "/api/orders", headers={"x-extauthz-principal": FRONTEND})
     assert reply.status == 403
+
+
+def test_body_larger_than_buffer_is_checked_and_forwarded(
+    workdir: Path, extauthz: ServerProcess, upstream: str
+) -> None:
+    """With a request body in the Check, a body over the limit is sent partially, not refused."""
+    with running_envoy(workdir, extauthz.address, upstream, with_request_body=16) as envoy:
+        got = send(envoy, "/public/upload", method="POST", body=b"x" * 1000)
+        assert got.status == 200
+        assert got.upstream["method"] == "POST"
 
 
 # ---------------------------------------------------------------------------------------------
