@@ -1,0 +1,560 @@
+"""Compile a tenant's AuthorizationPolicy documents into frozen matchers.
+
+Each rule becomes ``CompiledRule``: its ``from`` entries, ``to`` entries and ``when``
+conditions as labelled ``Check`` objects (what ``explain`` walks) plus one closure over the
+same matchers (what ``evaluate`` calls). Rules are ordered the way Envoy orders the policies of
+one RBAC filter (by the name Istio gives them, ``ns[<ns>]-policy[<name>]-rule[<i>]``), so the
+first match is the rule Envoy reports as the effective policy.
+
+Values that cannot be turned into a matcher (an invalid port, IP/CIDR, header or claim key, an
+unknown ``when`` key) are handled as Istio's builder handles them, with a warning: in an ALLOW
+policy the whole rule is dropped (it never matches), in a DENY or AUDIT policy only the bad
+value (or the bad condition) is dropped, so the rule matches more, never less.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from extauthz.documents import Document, Path, field_name
+from extauthz.policy.matchers import (
+    MISSING,
+    Ctx,
+    IPSet,
+    Matcher,
+    StringSet,
+    parse_cidr,
+    parse_port,
+)
+from extauthz.policy.paths import TemplateError, is_template, template_regex
+from extauthz.policy.schema import ConditionSpec, PolicySpec, RuleSpec, parse_policy
+from extauthz.policy.spiffe import (
+    expand_trust_domains,
+    namespace_set,
+    principal_set,
+    service_account_set,
+    trust_domain_set,
+)
+
+__all__ = ["Check", "CompiledPolicies", "CompiledPolicy", "CompiledRule", "compile_policies"]
+
+ALWAYS_SPACE_DELIMITED: Final = ("scope", "permission")
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One field of a rule: ``field`` names it (``to[0].operation.paths``)."""
+
+    field: str
+    fn: Matcher
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    policy: str  # namespace/name
+    index: int
+    action: str
+    dry_run: bool
+    envoy_id: str  # the RBAC policy name Istio generates; Envoy's evaluation order
+    sources: tuple[tuple[Check, ...], ...]  # any entry, all checks; () = not checked
+    operations: tuple[tuple[Check, ...], ...]
+    conditions: tuple[Check, ...]  # all
+    dropped: str = ""  # why this rule can never match, "" when it can
+    match: Matcher = field(default=lambda ctx: False, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    name: str  # namespace/name
+    action: str
+    dry_run: bool
+    rules: tuple[CompiledRule, ...]  # in spec order; () for a policy without rules
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicies:
+    """A tenant's policies, ready for ``evaluate``. Immutable."""
+
+    policies: tuple[CompiledPolicy, ...]
+    warnings: tuple[str, ...]
+    space_delimited: frozenset[str]
+    deny: tuple[CompiledRule, ...]  # enforced, Envoy order, matchable rules only
+    allow: tuple[CompiledRule, ...]
+    audit: tuple[CompiledRule, ...]
+    dry_deny: tuple[CompiledRule, ...]
+    dry_allow: tuple[CompiledRule, ...]
+    dry_audit: tuple[CompiledRule, ...]
+    has_allow: bool  # an enforced ALLOW policy exists (even one that matches nothing)
+    has_dry_allow: bool
+    has_dry_run: bool
+
+    @property
+    def policy_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.policies)
+
+    def __len__(self) -> int:
+        return len(self.policies)
+
+
+def compile_policies(
+    docs: Sequence[Document],
+    *,
+    trust_domains: Sequence[str] = (),
+    space_delimited_claims: Sequence[str] = (),
+) -> CompiledPolicies:
+    """Validate and compile a tenant's AuthorizationPolicy documents.
+
+    ``trust_domains``: the tenant's trust domain followed by its aliases (empty: no aliasing).
+    ``space_delimited_claims``: JWT claims split at spaces, besides scope and permission.
+    Raises DocumentError for anything malformed.
+    """
+    seen: dict[str, Document] = {}
+    warnings: list[str] = []
+    policies: list[CompiledPolicy] = []
+    tds = tuple(trust_domains)
+    for doc in docs:
+        spec = parse_policy(doc)
+        if spec.ref in seen:
+            raise doc.error(f"duplicate policy {spec.ref} (also in {seen[spec.ref].location()})")
+        seen[spec.ref] = doc
+        warnings.extend(spec.warnings)
+        policy, policy_warnings = _compile_policy(spec, tds)
+        warnings.extend(policy_warnings)
+        policies.append(policy)
+
+    def pick(action: str, dry: bool) -> tuple[CompiledRule, ...]:
+        rules = [
+            r
+            for p in policies
+            if p.action == action and p.dry_run == dry
+            for r in p.rules
+            if not r.dropped
+        ]
+        return tuple(sorted(rules, key=lambda r: r.envoy_id))
+
+    return CompiledPolicies(
+        policies=tuple(policies),
+        warnings=tuple(warnings),
+        space_delimited=frozenset((*ALWAYS_SPACE_DELIMITED, *space_delimited_claims)),
+        deny=pick("DENY", False),
+        allow=pick("ALLOW", False),
+        audit=pick("AUDIT", False),
+        dry_deny=pick("DENY", True),
+        dry_allow=pick("ALLOW", True),
+        dry_audit=pick("AUDIT", True),
+        has_allow=any(p.action == "ALLOW" and not p.dry_run for p in policies),
+        has_dry_allow=any(p.action == "ALLOW" and p.dry_run for p in policies),
+        has_dry_run=any(p.dry_run for p in policies),
+    )
+
+
+def _compile_policy(spec: PolicySpec, tds: tuple[str, ...]) -> tuple[CompiledPolicy, list[str]]:
+    warnings: list[str] = []
+    rules = tuple(_RuleCompiler(spec, rule, tds, warnings).compile() for rule in (spec.rules or ()))
+    return CompiledPolicy(spec.ref, spec.action, spec.dry_run, rules), warnings
+
+
+class _Bad(ValueError):
+    """A value Istio's builder cannot turn into a matcher."""
+
+
+Validate = Callable[[str], object]
+Build = Callable[[list[str]], Matcher]
+
+
+class _RuleCompiler:
+    def __init__(
+        self, spec: PolicySpec, rule: RuleSpec, tds: tuple[str, ...], warnings: list[str]
+    ) -> None:
+        self.spec = spec
+        self.doc = spec.doc
+        self.rule = rule
+        self.tds = tds
+        self.warnings = warnings
+        self.dropped = ""
+        self.base: Path = ("spec", "rules", rule.index)
+
+    def compile(self) -> CompiledRule:
+        rule = self.rule
+        sources = tuple(tuple(self._source(j, entry)) for j, entry in enumerate(rule.sources))
+        operations = tuple(
+            tuple(self._operation(j, entry)) for j, entry in enumerate(rule.operations)
+        )
+        conditions = tuple(
+            c for j, cond in enumerate(rule.conditions) for c in self._condition(j, cond)
+        )
+        spec = self.spec
+        doc = self.doc
+        return CompiledRule(
+            policy=spec.ref,
+            index=rule.index,
+            action=spec.action,
+            dry_run=spec.dry_run,
+            envoy_id=f"ns[{doc.namespace}]-policy[{doc.name}]-rule[{rule.index}]",
+            sources=sources,
+            operations=operations,
+            conditions=conditions,
+            dropped=self.dropped,
+            match=_rule_matcher(sources, operations, conditions, bool(self.dropped)),
+        )
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def _bad(self, path: Path, message: str) -> None:
+        where = f"{self.doc.location(path)}: {field_name(path)}"
+        if self.spec.action == "ALLOW":
+            if not self.dropped:
+                self.dropped = f"{field_name(path)}: {message}"
+            self.warnings.append(f"{where}: {message}; the rule is dropped (it never matches)")
+        else:
+            self.warnings.append(f"{where}: {message}; the value is ignored")
+
+    # -- fields ----------------------------------------------------------------------------
+
+    def _pair(
+        self,
+        label: str,
+        path: Path,
+        names: tuple[str, str],
+        values: tuple[tuple[str, ...], tuple[str, ...]],
+        validate: Validate | None,
+        build: Build,
+    ) -> list[Check]:
+        checks: list[Check] = []
+        for name, vals, negate in ((names[0], values[0], False), (names[1], values[1], True)):
+            good: list[str] = []
+            for i, v in enumerate(vals):
+                try:
+                    if validate is not None:
+                        validate(v)
+                except ValueError as exc:
+                    self._bad((*path, name, i), str(exc))
+                    continue
+                good.append(v)
+            if good:
+                fn = build(good)
+                checks.append(Check(f"{label}.{name}", _negate(fn) if negate else fn))
+        return checks
+
+    def _source(self, j: int, entry: Mapping[str, tuple[str, ...]]) -> list[Check]:
+        label = f"from[{j}].source"
+        path = (*self.base, "from", j, "source")
+        ns = self.doc.namespace
+        checks: list[Check] = []
+        for pos, builder, validate in (
+            ("principals", self._principals, None),
+            ("requestPrincipals", _request_principals, None),
+            ("namespaces", _on_principal(namespace_set), None),
+            ("serviceAccounts", _on_principal(lambda v: service_account_set(v, ns)), None),
+            ("trustDomains", _on_principal(trust_domain_set), None),
+            ("ipBlocks", _ip(lambda c: c.subject.source_ip), parse_cidr),
+            ("remoteIpBlocks", _ip(lambda c: c.subject.remote_ip), parse_cidr),
+        ):
+            neg = "not" + pos[0].upper() + pos[1:]
+            vals = (entry.get(pos, ()), entry.get(neg, ()))
+            checks += self._pair(label, path, (pos, neg), vals, validate, builder)
+        return checks
+
+    def _operation(self, j: int, entry: Mapping[str, tuple[str, ...]]) -> list[Check]:
+        label = f"to[{j}].operation"
+        path = (*self.base, "to", j, "operation")
+        checks: list[Check] = []
+        for pos, builder, validate in (
+            ("hosts", _hosts, None),
+            ("ports", _ports, parse_port),
+            ("methods", _methods, None),
+            ("paths", self._paths(path), None),
+        ):
+            neg = "not" + pos[0].upper() + pos[1:]
+            vals = (entry.get(pos, ()), entry.get(neg, ()))
+            checks += self._pair(label, path, (pos, neg), vals, validate, builder)
+        return checks
+
+    def _principals(self, values: list[str]) -> Matcher:
+        return _on_principal(principal_set)(expand_trust_domains(values, self.tds))
+
+    def _paths(self, path: Path) -> Build:
+        def build(values: list[str]) -> Matcher:
+            exact: list[str] = []
+            prefixes: list[str] = []
+            suffixes: list[str] = []
+            regexes: list[str] = []
+            anything = False
+            for v in values:
+                if is_template(v):
+                    try:
+                        regexes.append(template_regex(v))
+                    except TemplateError as exc:
+                        raise self.doc.error(f"invalid path template {v!r}: {exc}", path) from None
+                elif v == "*":
+                    anything = True
+                elif v.startswith("*"):
+                    suffixes.append(v[1:])
+                elif v.endswith("*"):
+                    prefixes.append(v[:-1])
+                else:
+                    exact.append(v)
+            matcher = StringSet(
+                exact=exact,
+                prefixes=prefixes,
+                suffixes=suffixes,
+                regexes=regexes,
+                nonempty=anything,
+            )
+
+            def paths(ctx: Ctx) -> bool:
+                value = ctx.subject.path
+                return bool(value) and matcher(value)
+
+            return paths
+
+        return build
+
+    def _condition(self, j: int, cond: ConditionSpec) -> list[Check]:
+        label = f"when[{j}]"
+        path = (*self.base, "when", j)
+        key = cond.key
+        try:
+            validate, build = _condition_kind(key, self.doc.namespace, self._principals)
+        except _Bad as exc:
+            self._bad((*path, "key"), str(exc))
+            if self.spec.action != "ALLOW":
+                return []  # the condition is dropped
+            return [Check(f"{label}.key", _never)]
+        vals = (cond.values, cond.not_values)
+        return self._pair(label, path, ("values", "notValues"), vals, validate, build)
+
+
+# -- the kinds of values ---------------------------------------------------------------------
+
+
+def _never(ctx: Ctx) -> bool:
+    return False
+
+
+def _negate(fn: Matcher) -> Matcher:
+    def negated(ctx: Ctx) -> bool:
+        return not fn(ctx)
+
+    return negated
+
+
+def _on_principal(make: Callable[[list[str]], StringSet]) -> Build:
+    def build(values: list[str]) -> Matcher:
+        matcher = make(values)
+
+        def on_principal(ctx: Ctx) -> bool:
+            principal = ctx.subject.principal
+            return principal is not None and matcher(principal)
+
+        return on_principal
+
+    return build
+
+
+def _ip(get: Callable[[Ctx], object]) -> Build:
+    def build(values: list[str]) -> Matcher:
+        ips = IPSet([parse_cidr(v) for v in values])
+
+        def on_ip(ctx: Ctx) -> bool:
+            return ips(get(ctx))  # type: ignore[arg-type]
+
+        return on_ip
+
+    return build
+
+
+def _hosts(values: list[str]) -> Matcher:
+    matcher = StringSet.istio(values, star="present", ignore_case=True)
+
+    def hosts(ctx: Ctx) -> bool:
+        return bool(ctx.subject.host) and matcher(ctx.host_lower)
+
+    return hosts
+
+
+def _methods(values: list[str]) -> Matcher:
+    matcher = StringSet.istio(values, star="present")
+
+    def methods(ctx: Ctx) -> bool:
+        value = ctx.subject.method
+        return bool(value) and matcher(value)
+
+    return methods
+
+
+def _ports(values: list[str]) -> Matcher:
+    ports = frozenset(parse_port(v) for v in values)
+
+    def on_port(ctx: Ctx) -> bool:
+        return ctx.subject.destination_port in ports
+
+    return on_port
+
+
+def _sni(values: list[str]) -> Matcher:
+    matcher = StringSet.istio(values, star="nonempty")
+
+    def sni(ctx: Ctx) -> bool:
+        value = ctx.subject.sni
+        return value is not None and matcher(value)
+
+    return sni
+
+
+def _header(name: str) -> Build:
+    lowered = name.lower()
+
+    def build(values: list[str]) -> Matcher:
+        matcher = StringSet.istio(values, star="present")
+
+        def header(ctx: Ctx) -> bool:
+            value = ctx.subject.headers.get(lowered)
+            return value is not None and matcher(value)
+
+        return header
+
+    return build
+
+
+def _claim(path: tuple[str, ...]) -> Build:
+    def build(values: list[str]) -> Matcher:
+        matcher = StringSet.istio(values, star="nonempty")
+
+        def claim(ctx: Ctx) -> bool:
+            value = ctx.claim(path)
+            return value is not MISSING and matcher.any_of(value)
+
+        return claim
+
+    return build
+
+
+_ANY: Final = StringSet(nonempty=True)
+
+
+def _request_principal_pair(value: str) -> tuple[StringSet, StringSet]:
+    """Istio's split of ``iss/sub`` forms into matchers on the ``iss`` and ``sub`` claims."""
+    idx = value.rfind("/")
+    found = idx >= 0
+    iss, sub = (value[:idx], value[idx + 1 :]) if found else (value, "")
+    if value == "*":
+        return _ANY, _ANY
+    if value.startswith("*"):
+        if found:
+            return (_ANY if iss == "*" else StringSet(suffixes=[iss[1:]])), StringSet(exact=[sub])
+        return _ANY, StringSet(suffixes=[value[1:]])
+    if value.endswith("*"):
+        if found:
+            return StringSet(exact=[iss]), (_ANY if sub == "*" else StringSet(prefixes=[sub[:-1]]))
+        return StringSet(prefixes=[value[:-1]]), _ANY
+    return StringSet(exact=[iss]), StringSet(exact=[sub])
+
+
+def _request_principals(values: list[str]) -> Matcher:
+    pairs = tuple(_request_principal_pair(v) for v in values)
+
+    def request_principals(ctx: Ctx) -> bool:
+        iss = ctx.claim(("iss",))
+        sub = ctx.claim(("sub",))
+        if not isinstance(iss, str) or not isinstance(sub, str):
+            return False
+        return any(i(iss) and s(sub) for i, s in pairs)
+
+    return request_principals
+
+
+def _bracketed(rest: str, key: str) -> list[str]:
+    """``[a]`` -> ["a"]; ``[a][b]`` -> ["a", "b"]."""
+    if not (rest.startswith("[") and rest.endswith("]")) or len(rest) < 3:
+        raise _Bad(f"invalid key {key!r}: expected the form name[<NAME>]")
+    names = rest[1:-1].split("][")
+    if any(not n or "[" in n or "]" in n for n in names):
+        raise _Bad(f"invalid key {key!r}: expected the form name[<NAME>]")
+    return names
+
+
+def _condition_kind(key: str, namespace: str, principals: Build) -> tuple[Validate | None, Build]:
+    if key == "source.ip":
+        return parse_cidr, _ip(lambda c: c.subject.source_ip)
+    if key == "remote.ip":
+        return parse_cidr, _ip(lambda c: c.subject.remote_ip)
+    if key == "destination.ip":
+        return parse_cidr, _ip(lambda c: c.subject.destination_ip)
+    if key == "destination.port":
+        return parse_port, _ports
+    if key == "connection.sni":
+        return None, _sni
+    if key == "source.namespace":
+        return None, _on_principal(namespace_set)
+    if key == "source.principal":
+        return None, principals
+    if key == "source.serviceAccount":
+        return None, _on_principal(lambda v: service_account_set(v, namespace))
+    if key == "request.auth.principal":
+        return None, _request_principals
+    if key == "request.auth.audiences":
+        return None, _claim(("aud",))
+    if key == "request.auth.presenter":
+        return None, _claim(("azp",))
+    if key.startswith("request.headers"):
+        names = _bracketed(key[len("request.headers") :], key)
+        if len(names) != 1:
+            raise _Bad(f"invalid key {key!r}: expected request.headers[<NAME>]")
+        return None, _header(names[0])
+    if key.startswith("request.auth.claims"):
+        return None, _claim(tuple(_bracketed(key[len("request.auth.claims") :], key)))
+    if key.startswith("experimental.envoy.filters."):
+        if "[" not in key.removeprefix("experimental.").removesuffix("]"):
+            raise _Bad(f"invalid key {key!r}: expected experimental.envoy.filters.<f>[<key>]")
+        return None, lambda values: _never  # we never hold other filters' metadata
+    raise _Bad(f"unknown condition key {key!r}")
+
+
+# -- the fast path ---------------------------------------------------------------------------
+
+
+def _rule_matcher(
+    sources: tuple[tuple[Check, ...], ...],
+    operations: tuple[tuple[Check, ...], ...],
+    conditions: tuple[Check, ...],
+    dropped: bool,
+) -> Matcher:
+    if dropped:
+        return _never
+    src = tuple(tuple(c.fn for c in entry) for entry in sources)
+    ops = tuple(tuple(c.fn for c in entry) for entry in operations)
+    cond = tuple(c.fn for c in conditions)
+    # An empty entry (``from: [{}]``) matches anything: the list is then not checked.
+    if any(not entry for entry in src):
+        src = ()
+    if any(not entry for entry in ops):
+        ops = ()
+
+    def match(ctx: Ctx) -> bool:
+        for fn in cond:
+            if not fn(ctx):
+                return False
+        if src:
+            for entry in src:
+                for fn in entry:
+                    if not fn(ctx):
+                        break
+                else:
+                    break
+            else:
+                return False
+        if ops:
+            for entry in ops:
+                for fn in entry:
+                    if not fn(ctx):
+                        break
+                else:
+                    break
+            else:
+                return False
+        return True
+
+    return match

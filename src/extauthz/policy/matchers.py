@@ -1,0 +1,223 @@
+"""The matching primitives, precomputed at compile time and applied per request.
+
+Every primitive reproduces one Envoy matcher as Istio configures it:
+
+- ``StringSet``: Envoy ``StringMatcher`` / ``HeaderMatcher`` values of one field folded into a
+  frozenset of exact values, a tuple of prefixes, a tuple of suffixes and one combined regex
+  (full match, as Envoy's ``safe_regex``). ``*`` is either Envoy ``present_match`` (headers,
+  host, method: present, even empty) or the regex ``.+`` (everything else: non-empty).
+- ``IPSet``: Envoy ``CidrRange`` (host bits masked), IPv4 and IPv6 apart.
+- ``Ctx``: the per-request view the matchers read; derived values (lower-cased host, JWT
+  claims with space-delimited claims split) are computed once, on first use.
+
+A matcher is a plain ``Callable[[Ctx], bool]``. A missing attribute never matches.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from extauthz.model import IPAddress, Subject
+
+__all__ = [
+    "MISSING",
+    "Ctx",
+    "IPSet",
+    "Matcher",
+    "StringSet",
+    "ascii_lower",
+    "parse_cidr",
+    "parse_port",
+]
+
+MISSING: Final = object()
+_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_PORT: Final = re.compile(r"[0-9]+")
+
+
+def ascii_lower(value: str) -> str:
+    """Envoy's ``ignore_case`` folds ASCII letters only."""
+    return value.lower() if value.isascii() else value.translate(_ASCII_LOWER)
+
+
+class Ctx:
+    """What the matchers of one request read. Built once per evaluation."""
+
+    __slots__ = ("_claims", "_host", "_space_delimited", "subject")
+
+    def __init__(self, subject: Subject, space_delimited: frozenset[str]) -> None:
+        self.subject = subject
+        self._space_delimited = space_delimited
+        self._host: str | None = None
+        self._claims: Mapping[str, Any] | object | None = MISSING
+
+    @property
+    def host_lower(self) -> str:
+        host = self._host
+        if host is None:
+            host = self._host = ascii_lower(self.subject.host)
+        return host
+
+    @property
+    def claims(self) -> Mapping[str, Any] | None:
+        """The JWT payload as Envoy's jwt_authn puts it in metadata (space-delimited split)."""
+        claims = self._claims
+        if claims is MISSING:
+            claims = self._claims = _normalize_claims(self.subject.claims, self._space_delimited)
+        return claims  # type: ignore[return-value]
+
+    def claim(self, path: tuple[str, ...]) -> Any:
+        """The value at ``path`` in the claims, or MISSING."""
+        value: Any = self.claims
+        if value is None:
+            return MISSING
+        for key in path:
+            if not isinstance(value, Mapping):
+                return MISSING
+            value = value.get(key, MISSING)
+            if value is MISSING:
+                return MISSING
+        return value
+
+
+def _normalize_claims(
+    claims: Mapping[str, Any] | None, space_delimited: frozenset[str]
+) -> Mapping[str, Any] | None:
+    if claims is None:
+        return None
+    split: dict[str, Any] | None = None
+    for name in space_delimited:
+        value = claims.get(name)
+        if isinstance(value, str):
+            if split is None:
+                split = dict(claims)
+            split[name] = [part for part in value.split(" ") if part]
+    return claims if split is None else split
+
+
+Matcher = Callable[[Ctx], bool]
+
+
+class StringSet:
+    """Any of a field's string values, as Envoy string/header matchers run them."""
+
+    __slots__ = ("exact", "ignore_case", "nonempty", "prefixes", "present", "regex", "suffixes")
+
+    def __init__(
+        self,
+        *,
+        exact: Iterable[str] = (),
+        prefixes: Iterable[str] = (),
+        suffixes: Iterable[str] = (),
+        regexes: Iterable[str] = (),
+        present: bool = False,
+        nonempty: bool = False,
+        ignore_case: bool = False,
+    ) -> None:
+        fold = ascii_lower if ignore_case else _same
+        self.exact = frozenset(fold(v) for v in exact)
+        self.prefixes = tuple(fold(v) for v in prefixes)
+        self.suffixes = tuple(fold(v) for v in suffixes)
+        pattern = "|".join(f"(?:{r})" for r in regexes)
+        self.regex = re.compile(pattern) if pattern else None
+        self.present = present
+        self.nonempty = nonempty
+        self.ignore_case = ignore_case
+
+    @classmethod
+    def istio(cls, values: Iterable[str], *, star: str, ignore_case: bool = False) -> StringSet:
+        """Istio's value forms: ``abc`` exact, ``abc*`` prefix, ``*abc`` suffix, ``*``.
+
+        ``star`` is ``"present"`` (Envoy present_match) or ``"nonempty"`` (regex ``.+``).
+        """
+        exact: list[str] = []
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        anything = False
+        for v in values:
+            if v == "*":
+                anything = True
+            elif v.startswith("*"):
+                suffixes.append(v[1:])
+            elif v.endswith("*"):
+                prefixes.append(v[:-1])
+            else:
+                exact.append(v)
+        return cls(
+            exact=exact,
+            prefixes=prefixes,
+            suffixes=suffixes,
+            present=anything and star == "present",
+            nonempty=anything and star == "nonempty",
+            ignore_case=ignore_case,
+        )
+
+    def __call__(self, value: str) -> bool:
+        if self.present:
+            return True
+        if self.ignore_case:
+            value = ascii_lower(value)
+        if value in self.exact:
+            return True
+        if self.prefixes and value.startswith(self.prefixes):
+            return True
+        if self.suffixes and value.endswith(self.suffixes):
+            return True
+        if self.nonempty and value and "\n" not in value:
+            return True
+        regex = self.regex
+        return regex is not None and regex.fullmatch(value) is not None
+
+    def any_of(self, value: Any) -> bool:
+        """Envoy's claim matcher: a string matches, a list matches if a string element does."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, list):
+            return any(isinstance(v, str) and self(v) for v in value)
+        return False
+
+
+def _same(value: str) -> str:
+    return value
+
+
+class IPSet:
+    """Any of a field's CIDR ranges (Envoy ``CidrRange``)."""
+
+    __slots__ = ("v4", "v6")
+
+    def __init__(self, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        self.v4 = tuple(n for n in networks if isinstance(n, ipaddress.IPv4Network))
+        self.v6 = tuple(n for n in networks if isinstance(n, ipaddress.IPv6Network))
+
+    def __call__(self, ip: IPAddress | None) -> bool:
+        if ip is None:
+            return False
+        if isinstance(ip, ipaddress.IPv4Address):
+            return any(ip in n for n in self.v4)
+        return any(ip in n for n in self.v6)
+
+
+def parse_cidr(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """Istio's ``AddrStrToCidrRange``: an IP (full length) or a CIDR (host bits masked)."""
+    if "%" in value or value.strip() != value:
+        raise ValueError(f"invalid IP address or CIDR {value!r}")
+    try:
+        if "/" in value:
+            addr, _, bits = value.partition("/")
+            if not bits.isascii() or not bits.isdigit():
+                raise ValueError(value)
+            return ipaddress.ip_network(f"{ipaddress.ip_address(addr)}/{int(bits)}", strict=False)
+        return ipaddress.ip_network(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"invalid IP address or CIDR {value!r}") from None
+
+
+def parse_port(value: str) -> int:
+    """Istio's ``convertToPort``: decimal digits, at most 65535."""
+    if not _PORT.fullmatch(value) or int(value) > 65535:
+        raise ValueError(f"invalid port {value!r}")
+    return int(value)
