@@ -261,9 +261,9 @@ def test_cli_prints_bootstrap(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_reads_environment(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Flags fall back to EXTAUTHZ_* variables."""
-    monkeypatch.setenv("EXTAUTHZ_UPSTREAM", "10.1.2.3:8080")
-    monkeypatch.setenv("EXTAUTHZ_FORMAT", "json")
+    """Flags fall back to EXTAUTHZ_ENVOY_* variables."""
+    monkeypatch.setenv("EXTAUTHZ_ENVOY_UPSTREAM", "10.1.2.3:8080")
+    monkeypatch.setenv("EXTAUTHZ_ENVOY_FORMAT", "json")
     assert main(["envoy-config"]) == 0
     printed = json.loads(capsys.readouterr().out)
     upstream = printed["staticResources"]["clusters"][1]

@@ -11,9 +11,20 @@ from extauthz.settings import env_name
 __all__ = ["add"]
 
 
-def add(parser: argparse.ArgumentParser | argparse._ActionsContainer, flag: str, *, default: Any = None, **kw: Any) -> None:
-    """``parser.add_argument(flag)`` whose default comes from the flag's variable."""
-    var = env_name(flag)
+def add(
+    parser: argparse.ArgumentParser | argparse._ActionsContainer,
+    flag: str,
+    *,
+    default: Any = None,
+    scope: str = "",
+    **kw: Any,
+) -> None:
+    """``parser.add_argument(flag)`` whose default comes from the flag's variable.
+
+    Flags that mean the same in several commands (``--policies``) share one variable; a
+    command whose flags mean something else gives a ``scope`` (``EXTAUTHZ_ENVOY_LISTEN``).
+    """
+    var = env_name(f"{scope}-{flag.lstrip('-')}" if scope else flag)
     value = os.environ.get(var)
     if value is not None:
         if kw.get("action") == "append":

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any
 
 from extauthz.cli import _env
 from extauthz.envoyconfig import DEFAULT_BODY_BYTES, EnvoyOptions, HostPort, TlsFiles, XfccMode
+
+_add = functools.partial(_env.add, scope="envoy")
 
 
 def register(sub: Any) -> None:
@@ -21,14 +24,14 @@ def register(sub: Any) -> None:
             "what is allowed to --upstream."
         ),
     )
-    _env.add(p, "--extauthz", default="127.0.0.1:9191", help="extauthz gRPC address HOST:PORT")
-    _env.add(p, "--listen", default="127.0.0.1:10000", help="listener address HOST:PORT")
-    _env.add(p, "--upstream", required=False, help="where allowed requests go, HOST:PORT")
-    _env.add(p, "--tls-ca", help="CA file that client certificates must chain to (mTLS)")
-    _env.add(p, "--tls-cert", help="listener certificate chain file (mTLS)")
-    _env.add(p, "--tls-key", help="listener private key file (mTLS)")
-    _env.add(p, "--timeout", default="0.5", help="seconds Envoy waits for a Check")
-    _env.add(
+    _add(p, "--extauthz", default="127.0.0.1:9191", help="extauthz gRPC address HOST:PORT")
+    _add(p, "--listen", default="127.0.0.1:10000", help="listener address HOST:PORT")
+    _add(p, "--upstream", required=False, help="where allowed requests go, HOST:PORT")
+    _add(p, "--tls-ca", help="CA file that client certificates must chain to (mTLS)")
+    _add(p, "--tls-cert", help="listener certificate chain file (mTLS)")
+    _add(p, "--tls-key", help="listener private key file (mTLS)")
+    _add(p, "--timeout", default="0.5", help="seconds Envoy waits for a Check")
+    _add(
         p,
         "--with-request-body",
         nargs="?",
@@ -37,7 +40,7 @@ def register(sub: Any) -> None:
         help=f"send the request body in the Check (up to MAX_BYTES, {DEFAULT_BODY_BYTES} "
         "when omitted)",
     )
-    _env.add(
+    _add(
         p,
         "--xfcc",
         nargs="?",
@@ -46,8 +49,8 @@ def register(sub: Any) -> None:
         help="gateway: forward the client's certificate URI in x-forwarded-client-cert "
         f"({XfccMode.SANITIZE_SET.value} when no mode is given; needs --tls-*)",
     )
-    _env.add(p, "--admin-port", default="9901", help="admin port (bound to 127.0.0.1)")
-    _env.add(p, "--format", default="yaml", choices=["yaml", "json"], help="output format")
+    _add(p, "--admin-port", default="9901", help="admin port (bound to 127.0.0.1)")
+    _add(p, "--format", default="yaml", choices=["yaml", "json"], help="output format")
     p.set_defaults(func=run)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from typing import Any
 
@@ -11,11 +12,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extauthz.cli import _env
 
+_add = functools.partial(_env.add, scope="health")
+
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("health", help="probe a server's gRPC health")
-    _env.add(p, "--address", default="127.0.0.1:9191", help="server HOST:PORT")
-    _env.add(p, "--timeout", default="2", help="seconds")
+    _add(p, "--address", default="127.0.0.1:9191", help="server HOST:PORT")
+    _add(p, "--timeout", default="2", help="seconds")
     p.set_defaults(func=run)
 
 
