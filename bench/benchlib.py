@@ -109,11 +109,14 @@ class GrpcServer(Child):
             wait_for(serving, timeout, f"{self.name} on {self.address}")
 
 
-def extauthz_argv(policies: Path) -> Callable[[str], list[str]]:
+def extauthz_argv(policies: Path, *extra: str) -> Callable[[str], list[str]]:
+    """``extauthz serve`` on ``policies`` with ``extra`` flags."""
+
     def argv(address: str) -> list[str]:
         return [
             sys.executable, "-m", "extauthz", "serve",
             "--listen", address, "--policies", str(policies), "--log-level", "warning",
+            *extra,
         ]  # fmt: skip
 
     return argv

@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request", type=Path, help="CheckRequest JSON (default: bench one)")
     parser.add_argument("--expect", choices=("allow", "deny"), default="allow")
     parser.add_argument("--profile", type=float, default=0, help="seconds of py-spy after")
+    parser.add_argument(
+        "--serve-arg", action="append", default=[], help="extra flag for extauthz serve"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 0 < args.duration <= 120:
         parser.error("--rounds 1..20 and --duration up to 120 s")
@@ -215,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, GrpcServer] = {}
     try:
         servers["bare"] = GrpcServer("bare", bare_argv, work)
-        servers["extauthz"] = GrpcServer("extauthz", extauthz_argv(args.policies), work)
+        ext_argv = extauthz_argv(args.policies, *args.serve_arg)
+        servers["extauthz"] = GrpcServer("extauthz", ext_argv, work)
         for server in servers.values():
             server.wait_serving()
         checks = [verify(servers[n], request, data_file, args.expect) for n in SERVERS]
@@ -235,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                         log_file=work / f"{name}-c{shape.concurrency}-r{r}.log",
                     )  # fmt: skip
                     server.check_alive()
+                    if result.errors > 0.01 * max(1, result.requests):
+                        raise SystemExit(f"{name}: {result.errors} errors ({result.detail})")
                     runs[(name, shape.concurrency)].append(result)
                     print(
                         f"round {r + 1} c={shape.concurrency:<3} {name:<8} "
@@ -292,7 +298,8 @@ def render(
             "",
             f"{args.rounds} alternating rounds, {args.duration:g} s each after "
             f"{args.warmup:g} s warm-up; h2load over h2c; policies {args.policies}; "
-            f"request {args.request or 'bench/workload.py'}.",
+            f"request {args.request or 'bench/workload.py'}; "
+            f"extauthz flags {' '.join(args.serve_arg) or '(defaults)'}.",
             "Verified: " + "; ".join(checks) + ".",
             "",
             table(
