@@ -17,6 +17,7 @@ import asyncio
 import logging
 import ssl
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -170,7 +171,12 @@ class JwksCache:
             urllib.request.HTTPSHandler(context=self._ssl), _NoRedirect()
         )
         request = urllib.request.Request(uri, headers={"Accept": "application/json"})  # noqa: S310 - scheme checked by rules
-        with opener.open(request, timeout=timeout) as response:
+        try:
+            response = opener.open(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            exc.close()  # it holds the connection
+            raise JwksFetchError(f"HTTP status {exc.code}") from None
+        with response:
             status = getattr(response, "status", 200)
             if status != 200:
                 raise JwksFetchError(f"HTTP status {status}")
