@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 import structlog
+from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
 from extauthz.store.base import Sink, Store, TenantSource
@@ -80,6 +81,9 @@ class RedisStore(Store):
                 await self._session(sink, backoff)
             except (RedisError, OSError) as exc:
                 self._disconnected(sink, exc)
+            except Exception as exc:  # a client bug must not stop updates for good
+                log.exception("redis store session failed", error=repr(exc))
+                self._disconnected(sink, exc)
             await asyncio.sleep(backoff.next())
 
     async def close(self) -> None:
@@ -88,6 +92,8 @@ class RedisStore(Store):
     # -- one session ---------------------------------------------------------------------
 
     async def _session(self, sink: Sink, backoff: Backoff) -> None:
+        if isinstance(self.client, RedisCluster):
+            await self.client.initialize()  # the slot map, before pub/sub picks a node
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.repo.keys.channel)
