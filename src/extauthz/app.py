@@ -1,16 +1,23 @@
-"""The composition root: the one place that picks the concrete store, cache and observer."""
+"""The composition root: the one place that picks the concrete store, cache and observer.
+
+The observer of every Check is the telemetry (metrics, spans) followed by the decision log,
+unless a caller passes its own.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from extauthz.authn import JwksCache
-from extauthz.pipeline import CheckPipeline
+from extauthz.decisionlog import DecisionLog
+from extauthz.model import RequestView
+from extauthz.pipeline import CheckPipeline, Outcome
 from extauthz.registry import Registry
 from extauthz.servicer import AuthorizationServicer, Observer
 from extauthz.settings import Settings
 from extauthz.store.base import Store
 from extauthz.store.files import FileStore
+from extauthz.telemetry import Telemetry
 
 __all__ = ["Components", "build", "make_store"]
 
@@ -22,6 +29,7 @@ class Components:
     registry: Registry
     store: Store
     servicer: AuthorizationServicer
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
 
 def make_store(settings: Settings) -> Store:
@@ -33,13 +41,35 @@ def make_store(settings: Settings) -> Store:
     return FileStore(settings.policies, interval=settings.poll_interval)
 
 
-def build(settings: Settings, observer: Observer | None = None) -> Components:
+def make_observer(telemetry: Telemetry, decisions: DecisionLog) -> Observer:
+    observe, record = telemetry.observe, decisions.record
+
+    def observer(
+        outcome: Outcome, view: RequestView | None, decision_id: str, seconds: float
+    ) -> None:
+        observe(outcome, view, decision_id, seconds)
+        record(outcome, view, decision_id, seconds)
+
+    return observer
+
+
+def build(
+    settings: Settings, observer: Observer | None = None, *, telemetry: Telemetry | None = None
+) -> Components:
+    """Everything ``Server`` runs. Without ``telemetry``, it is built from the settings and
+    the ``OTEL_*`` variables; an ``observer`` replaces telemetry and decision log as observer."""
     jwks = JwksCache(ca_file=settings.jwks_ca_file)
     registry = Registry(jwks)
     pipeline = CheckPipeline(settings.check_options())
-    servicer = (
-        AuthorizationServicer(registry, pipeline, observer)
-        if observer is not None
-        else AuthorizationServicer(registry, pipeline)
-    )
-    return Components(settings, jwks, registry, make_store(settings), servicer)
+    if telemetry is None:
+        from extauthz.telemetry_env import telemetry_from_settings
+
+        telemetry = telemetry_from_settings(settings)
+    telemetry.bind(registry, jwks)
+    if observer is None:
+        decisions = DecisionLog(
+            settings.decision_log, sample=settings.decision_log_sample, mask=settings.mask_headers
+        )
+        observer = make_observer(telemetry, decisions)
+    servicer = AuthorizationServicer(registry, pipeline, observer)
+    return Components(settings, jwks, registry, make_store(settings), servicer, telemetry)

@@ -1,4 +1,9 @@
-"""gRPC health that mirrors readiness: NOT_SERVING until the first load and from SIGTERM on."""
+"""gRPC health that mirrors readiness: NOT_SERVING until the first load and from SIGTERM on.
+
+Readiness is the default service ``""`` (and the Authorization service's name). Liveness is
+the service ``extauthz.liveness``: SERVING as long as the process runs, before the first load
+too, so a liveness probe never restarts a pod that waits for its store (a Redis outage).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ from grpc_health.v1 import health, health_pb2
 
 from extauthz.registry import Registry
 
-__all__ = ["SERVICES", "Health"]
+__all__ = ["LIVENESS", "SERVICES", "Health"]
 
 SERVICES: Final = ("", "envoy.service.auth.v3.Authorization")
+LIVENESS: Final = "extauthz.liveness"
 
 
 class Health:
@@ -29,6 +35,8 @@ class Health:
         )
         for service in SERVICES:
             await self.servicer.set(service, status)
+        if not self.draining:
+            await self.servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
 
     async def drain(self) -> None:
         self.draining = True

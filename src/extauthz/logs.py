@@ -1,5 +1,9 @@
 """Structured logging: JSON lines (or console) through structlog, stdlib records included.
 
+Records are rendered where they are logged and written to stderr by a ``QueueListener``
+thread, so the event loop never blocks on a slow or full pipe. ``flush_logging`` (also run at
+exit) writes what is still queued.
+
 Secrets never reach a log line: values under keys that name tokens, keys, passwords,
 cookies or authorization are masked by ``redact`` before rendering, whichever logger the
 record came from.
@@ -7,17 +11,23 @@ record came from.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Final
 
 import structlog
 
-__all__ = ["configure_logging", "redact"]
+__all__ = ["configure_logging", "flush_logging", "redact"]
 
 SENSITIVE: Final = ("token", "authorization", "cookie", "password", "secret", "jwt", "key")
 MASK: Final = "[redacted]"
+DECISION_LOGGER: Final = "extauthz.decision"  # written whatever --log-level says
+
+_listener: logging.handlers.QueueListener | None = None
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -30,6 +40,7 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    global _listener
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -49,7 +60,8 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    flush_logging()
+    handler = logging.handlers.QueueHandler(queue.SimpleQueue())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -60,6 +72,22 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             ],
         )
     )
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(logging.Formatter("%(message)s"))
+    _listener = logging.handlers.QueueListener(handler.queue, writer)
+    _listener.start()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger(DECISION_LOGGER).setLevel(logging.INFO)
+
+
+def flush_logging() -> None:
+    """Write every queued record and stop the writer thread (configure_logging restarts it)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+
+
+atexit.register(flush_logging)

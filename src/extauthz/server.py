@@ -1,15 +1,16 @@
 """The server's lifecycle, top to bottom: startup -> serve until a signal -> drain -> exit.
 
-Signal handlers only set an event. On SIGTERM (or SIGINT) health turns NOT_SERVING, the
-server stops taking new calls and waits up to the grace period for those in flight, then
-the store and the JWKS cache are closed.
+Signal handlers only set an event or a flag. On SIGTERM (or SIGINT) health turns NOT_SERVING,
+the server stops taking new calls and waits up to the grace period for those in flight, then
+the store, the JWKS cache and the telemetry exporters are closed. SIGHUP asks the store to
+re-read its documents now (a store with a ``reload()``; the file store has one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 import grpc
 import structlog
@@ -27,10 +28,19 @@ __all__ = ["Server", "serve"]
 log = structlog.get_logger("extauthz.server")
 
 GRPC_OPTIONS: Final = (
-    ("grpc.so_reuseport", 0),
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.max_concurrent_streams", 1024),
 )
+
+
+@runtime_checkable
+class Reloadable(Protocol):
+    def reload(self) -> None: ...
+
+
+def grpc_options(reuse_port: bool) -> tuple[tuple[str, Any], ...]:
+    """SO_REUSEPORT only for a supervisor's workers: alone, a second server must fail to bind."""
+    return (("grpc.so_reuseport", int(reuse_port)), *GRPC_OPTIONS)
 
 
 class Server:
@@ -41,6 +51,7 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         self._store_task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._metrics_server: Any = None
 
     async def serve(self) -> None:
         await self.startup()
@@ -53,7 +64,7 @@ class Server:
         c = self.components
         c.registry.subscribe(self._on_registry_change)
         await self.health.update(c.registry)
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server = grpc.aio.server(options=grpc_options(c.settings.reuse_port))
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(c.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(
@@ -67,6 +78,7 @@ class Server:
         bound = server.add_insecure_port(c.settings.listen)
         if not bound:
             raise OSError(f"cannot listen on {c.settings.listen}")
+        self._start_metrics()
         await server.start()
         self._grpc = server
         log.info("serving", listen=c.settings.listen, port=bound, store=c.store.name)
@@ -86,7 +98,34 @@ class Server:
             await asyncio.gather(self._store_task, return_exceptions=True)
         await c.store.close()
         await c.jwks.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        c.telemetry.shutdown()
         log.info("stopped")
+
+    def _start_metrics(self) -> None:
+        c = self.components
+        if not c.settings.metrics_listen or c.telemetry.meter_provider is None:
+            return
+        from extauthz.telemetry_env import serve_metrics
+
+        try:
+            self._metrics_server, port = serve_metrics(c.settings.metrics_listen)
+        except OSError as exc:  # metrics are auxiliary: Checks are served all the same
+            log.error(
+                "metrics endpoint unavailable", listen=c.settings.metrics_listen, error=str(exc)
+            )
+            return
+        c.telemetry.metrics_port = port
+        log.info("metrics", listen=c.settings.metrics_listen, port=port)
+
+    def _reload(self) -> None:
+        store = self.components.store
+        if isinstance(store, Reloadable):
+            store.reload()
+        else:
+            log.warning("SIGHUP: this store reloads on its own", store=store.name)
 
     def _on_registry_change(self, registry: Registry) -> None:
         task = asyncio.get_running_loop().create_task(self.health.update(registry))
@@ -104,14 +143,20 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.should_exit.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+
+
+def run_loop(main: Any) -> None:
+    """Run a coroutine on uvloop when it is installed (the "fast" extra), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def serve(settings: Settings) -> None:
     """Run the server until SIGTERM/SIGINT."""
     components = build(settings)
-    try:
-        import uvloop  # optional speed-up (the "fast" extra)
-    except ImportError:
-        asyncio.run(Server(components).serve())
-    else:
-        uvloop.run(Server(components).serve())
+    run_loop(Server(components).serve())

@@ -54,6 +54,12 @@ class Settings:
     grace_period: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
+    metrics_max_tenants: int = 100  # tenant label values before "_other"
+    decision_log: str = "all"  # all, deny, none (AUDIT matches are always logged)
+    decision_log_sample: float = 1.0
+    mask_headers: tuple[str, ...] = ()
+    workers: int = 1
+    reuse_port: bool = False  # set for the workers of a supervisor (SO_REUSEPORT)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def check(self) -> Settings:
@@ -79,6 +85,14 @@ class Settings:
             )
         if self.log_format not in ("json", "console"):
             raise SettingsError("--log-format must be json or console")
+        if self.decision_log not in ("all", "deny", "none"):
+            raise SettingsError("--decision-log must be all, deny or none")
+        if not 0.0 <= self.decision_log_sample <= 1.0:
+            raise SettingsError("--decision-log-sample must be between 0 and 1")
+        if self.workers < 1:
+            raise SettingsError("--workers must be >= 1")
+        if self.metrics_max_tenants < 0:
+            raise SettingsError("--metrics-max-tenants must be >= 0")
         if self.jwks_ca_file and not os.path.isfile(self.jwks_ca_file):
             raise SettingsError(f"--jwks-ca-file: {self.jwks_ca_file} does not exist")
         return self

@@ -12,6 +12,8 @@ from extauthz.logs import configure_logging
 from extauthz.pathnorm import PathNormalization
 from extauthz.settings import Settings, SettingsError
 
+METRICS_PORT = 9464
+
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -20,7 +22,17 @@ def register(sub: Any) -> None:
     _env.add(p, "--policies", help="directory (or file) of YAML documents [default: policies]")
     _env.add(p, "--redis-url", help="redis://, rediss://, unix:// (tenant rules in Redis)")
     _env.add(p, "--listen", default="0.0.0.0:9191", help="gRPC address HOST:PORT")
-    _env.add(p, "--metrics-listen", help="Prometheus address HOST:PORT (off when empty)")
+    _env.add(
+        p,
+        "--metrics-listen",
+        help="Prometheus address HOST:PORT (default: the --listen host, port 9464; off when empty)",
+    )
+    _env.add(
+        p,
+        "--metrics-max-tenants",
+        default="100",
+        help="tenants with their own metric label value; later ones count as _other",
+    )
     _env.add(p, "--xff-num-trusted-hops", default="0", help="hops of x-forwarded-for to trust")
     _env.add(
         p,
@@ -46,6 +58,21 @@ def register(sub: Any) -> None:
     _env.add(p, "--grace-period", default="10", help="seconds to finish in-flight Checks")
     _env.add(p, "--log-level", default="info", help="debug, info, warning, error")
     _env.add(p, "--log-format", default="json", choices=["json", "console"], help="log format")
+    _env.add(
+        p,
+        "--decision-log",
+        default="all",
+        choices=["all", "deny", "none"],
+        help="which decisions get a log line (AUDIT matches and dry-run differences always do)",
+    )
+    _env.add(p, "--decision-log-sample", default="1.0", help="fraction of those to log (0..1)")
+    _env.add(
+        p,
+        "--mask-header",
+        action="append",
+        help="header that decision logs mask, besides authorization and cookies (repeatable)",
+    )
+    _env.add(p, "--workers", default="1", help="processes sharing the port (SO_REUSEPORT)")
     p.set_defaults(func=run)
 
 
@@ -60,7 +87,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
             listen=args.listen,
             policies=Path(args.policies or "policies"),
             redis_url=args.redis_url or None,
-            metrics_listen=args.metrics_listen or None,
+            metrics_listen=_metrics_listen(args.metrics_listen, args.listen),
+            metrics_max_tenants=int(args.metrics_max_tenants),
             xff_num_trusted_hops=int(args.xff_num_trusted_hops),
             trusted_proxy_principals=tuple(args.trusted_proxy_principal or ()),
             trusted_proxy_cidrs=tuple(args.trusted_proxy_cidr or ()),
@@ -70,9 +98,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
             grace_period=float(args.grace_period),
             log_level=args.log_level,
             log_format=args.log_format,
+            decision_log=args.decision_log,
+            decision_log_sample=float(args.decision_log_sample),
+            mask_headers=tuple(args.mask_header or ()),
+            workers=int(args.workers),
         ).check()
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
+
+
+def _metrics_listen(value: str | None, listen: str) -> str | None:
+    """Unset: port 9464 on the --listen host. Empty (or "off"): no metrics endpoint."""
+    if value is None:
+        host = listen.rpartition(":")[0] or "0.0.0.0"
+        return f"{host}:{METRICS_PORT}"
+    return None if value.strip().lower() in ("", "off") else value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +122,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"extauthz serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    from extauthz.server import serve
+    if settings.workers > 1:
+        from extauthz.supervisor import Supervisor
 
-    serve(settings)
+        return Supervisor(settings).run()
+    from extauthz.server import serve
+    from extauthz.telemetry_env import TelemetryError
+
+    try:
+        serve(settings)
+    except TelemetryError as exc:
+        print(f"extauthz serve: {exc}", file=sys.stderr)
+        return 2
     return 0

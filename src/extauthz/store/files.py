@@ -77,12 +77,27 @@ class FileStore(Store):
         self.interval = interval
         self._files: dict[Path, _Parsed] = {}
         self._sources: dict[str, TenantSource] = {}
+        self._wake: asyncio.Event | None = None
+
+    def reload(self) -> None:
+        """Re-read every file now, changed or not (SIGHUP). Call on the store's loop."""
+        if self._wake is not None:
+            self._wake.set()
 
     async def run(self, sink: Sink) -> None:
+        self._wake = asyncio.Event()
         self._scan(sink)
         sink.replace_all(self._sources)
         while True:
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            else:
+                self._wake.clear()
+                # Forget the stamps, keep the documents: a file that now fails keeps them.
+                self._files = {p: _Parsed((-1, -1), f.documents) for p, f in self._files.items()}
+                log.info("reloading policy files", path=str(self.root))
             previous = self._sources
             if not self._scan(sink):
                 continue
