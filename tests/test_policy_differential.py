@@ -9,6 +9,7 @@ audits and the shadow (dry-run) engines. ``selector`` policies run as whole-tena
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from pathlib import Path
@@ -276,10 +277,15 @@ def _satisfying(draw: Any, rule: dict[str, Any]) -> dict[str, Any]:
     return f
 
 
+@functools.cache
+def _golden_rules(case: str) -> list[dict[str, Any]]:
+    raw = [d for d in yaml.safe_load_all((GOLDEN / f"{case}-in.yaml").read_text()) if d]
+    return [r for d in raw for r in (d.get("spec") or {}).get("rules") or []]
+
+
 @st.composite
 def _targeted(draw: Any, case: str) -> Subject:
-    raw = [d for d in yaml.safe_load_all((GOLDEN / f"{case}-in.yaml").read_text()) if d]
-    rules = [r for d in raw for r in (d.get("spec") or {}).get("rules") or []]
+    rules = _golden_rules(case)
     fields = _satisfying(draw, draw(st.sampled_from(rules))) if rules else {"headers": {}}
     return Subject(**fields)
 
@@ -414,7 +420,7 @@ def test_agrees_with_envoy_rbac(case: str) -> None:
     filters = _filters(case)
 
     @settings(
-        max_examples=100,
+        max_examples=60,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

@@ -229,6 +229,9 @@ class _RuleCompiler:
                 try:
                     if validate is not None:
                         validate(v)
+                except TemplateError as exc:  # Envoy would reject the config: an error
+                    message = f"invalid path template {v!r}: {exc}"
+                    raise self.doc.error(message, (*path, name, i)) from None
                 except ValueError as exc:
                     self._bad((*path, name, i), str(exc))
                     continue
@@ -262,10 +265,10 @@ class _RuleCompiler:
         path = (*self.base, "to", j, "operation")
         checks: list[Check] = []
         for pos, builder, validate in (
-            ("hosts", _hosts, None),
-            ("ports", _ports, parse_port),
             ("methods", _methods, None),
-            ("paths", self._paths(path), None),
+            ("ports", _ports, parse_port),
+            ("paths", _paths, _check_path),
+            ("hosts", _hosts, None),
         ):
             neg = "not" + pos[0].upper() + pos[1:]
             vals = (entry.get(pos, ()), entry.get(neg, ()))
@@ -274,43 +277,6 @@ class _RuleCompiler:
 
     def _principals(self, values: list[str]) -> Matcher:
         return _on_principal(principal_set)(expand_trust_domains(values, self.tds))
-
-    def _paths(self, path: Path) -> Build:
-        def build(values: list[str]) -> Matcher:
-            exact: list[str] = []
-            prefixes: list[str] = []
-            suffixes: list[str] = []
-            regexes: list[str] = []
-            anything = False
-            for v in values:
-                if is_template(v):
-                    try:
-                        regexes.append(template_regex(v))
-                    except TemplateError as exc:
-                        raise self.doc.error(f"invalid path template {v!r}: {exc}", path) from None
-                elif v == "*":
-                    anything = True
-                elif v.startswith("*"):
-                    suffixes.append(v[1:])
-                elif v.endswith("*"):
-                    prefixes.append(v[:-1])
-                else:
-                    exact.append(v)
-            matcher = StringSet(
-                exact=exact,
-                prefixes=prefixes,
-                suffixes=suffixes,
-                regexes=regexes,
-                nonempty=anything,
-            )
-
-            def paths(ctx: Ctx) -> bool:
-                value = ctx.subject.path
-                return bool(value) and matcher(value)
-
-            return paths
-
-        return build
 
     def _condition(self, j: int, cond: ConditionSpec) -> list[Check]:
         label = f"when[{j}]"
@@ -364,6 +330,39 @@ def _ip(get: Callable[[Ctx], object]) -> Build:
         return on_ip
 
     return build
+
+
+def _check_path(value: str) -> None:
+    if is_template(value):
+        template_regex(value)
+
+
+def _paths(values: list[str]) -> Matcher:
+    exact: list[str] = []
+    prefixes: list[str] = []
+    suffixes: list[str] = []
+    regexes: list[str] = []
+    anything = False
+    for v in values:
+        if is_template(v):
+            regexes.append(template_regex(v))
+        elif v == "*":
+            anything = True
+        elif v.startswith("*"):
+            suffixes.append(v[1:])
+        elif v.endswith("*"):
+            prefixes.append(v[:-1])
+        else:
+            exact.append(v)
+    matcher = StringSet(
+        exact=exact, prefixes=prefixes, suffixes=suffixes, regexes=regexes, nonempty=anything
+    )
+
+    def paths(ctx: Ctx) -> bool:
+        value = ctx.subject.path
+        return bool(value) and matcher(value)
+
+    return paths
 
 
 def _hosts(values: list[str]) -> Matcher:
@@ -533,9 +532,16 @@ def _rule_matcher(
     if any(not entry for entry in ops):
         ops = ()
 
+    # Cheapest first: operations (method, path, host, port), then sources, then conditions.
     def match(ctx: Ctx) -> bool:
-        for fn in cond:
-            if not fn(ctx):
+        if ops:
+            for entry in ops:
+                for fn in entry:
+                    if not fn(ctx):
+                        break
+                else:
+                    break
+            else:
                 return False
         if src:
             for entry in src:
@@ -546,15 +552,6 @@ def _rule_matcher(
                     break
             else:
                 return False
-        if ops:
-            for entry in ops:
-                for fn in entry:
-                    if not fn(ctx):
-                        break
-                else:
-                    break
-            else:
-                return False
-        return True
+        return all(fn(ctx) for fn in cond)
 
     return match

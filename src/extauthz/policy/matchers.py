@@ -75,7 +75,7 @@ class Ctx:
         if value is None:
             return MISSING
         for key in path:
-            if not isinstance(value, Mapping):
+            if type(value) is not dict and not isinstance(value, Mapping):
                 return MISSING
             value = value.get(key, MISSING)
             if value is MISSING:
@@ -173,10 +173,12 @@ class StringSet:
 
     def any_of(self, value: Any) -> bool:
         """Envoy's claim matcher: a string matches, a list matches if a string element does."""
-        if isinstance(value, str):
+        if type(value) is str:
             return self(value)
-        if isinstance(value, list):
-            return any(isinstance(v, str) and self(v) for v in value)
+        if type(value) is list:
+            for v in value:
+                if type(v) is str and self(v):
+                    return True
         return False
 
 
