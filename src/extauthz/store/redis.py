@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import structlog
@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from extauthz.store.base import Sink, Store, TenantSource
 from extauthz.store.redis_client import Client, connect, display_target, parse_url
-from extauthz.store.redis_model import Record, Rejected, TenantRepo, chunks
+from extauthz.store.redis_model import RECORD_FIELDS, Record, Rejected, TenantRepo, chunks
 
 __all__ = ["RedisStore"]
 
@@ -51,6 +51,37 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+class _Deferred(Mapping[str, TenantSource]):
+    """The sources of a full load, decoded only when the sink asks for each one.
+
+    Each record was decoded once to validate it; only its raw reply is kept, so the load
+    holds every tenant's JSON text (a few KB) rather than every tenant's parsed documents
+    next to the compiled ones. Decoding again cannot fail: it is the same input.
+    """
+
+    def __init__(self, repo: TenantRepo) -> None:
+        self._repo = repo
+        self._raw: dict[str, Any] = {}
+
+    def keep(self, tenant: str, value: Any) -> None:
+        self._raw[tenant] = value
+
+    def __getitem__(self, tenant: str) -> TenantSource:
+        record = self._repo.decode(tenant, self._raw[tenant])
+        if not isinstance(record, Record) or record.source is None:
+            raise KeyError(tenant)
+        return record.source
+
+    def __contains__(self, tenant: object) -> bool:
+        return tenant in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
 
 
 class RedisStore(Store):
@@ -127,12 +158,19 @@ class RedisStore(Store):
     async def _full_load(self, sink: Sink) -> None:
         start = time.monotonic()
         last = start
-        sources: dict[str, TenantSource] = {}
+        sources = _Deferred(self.repo)
         count = 0
         async for batch in self.repo.tenants():
-            for tenant, record in zip(batch, await self.repo.records(batch), strict=True):
+            values = await self.repo.hmget_many(batch, RECORD_FIELDS)
+            for tenant, value in zip(batch, values, strict=True):
                 count += 1
-                self._take(sink, tenant, record, sources)
+                record = self.repo.decode(tenant, value)
+                if isinstance(record, Rejected):
+                    self._reject(sink, record)
+                elif record is not None:
+                    self._seen[tenant] = str(record.version)
+                    if record.source is not None:
+                        sources.keep(tenant, value)
             now = time.monotonic()
             if now - last >= PROGRESS_EVERY:
                 last = now
@@ -149,20 +187,6 @@ class RedisStore(Store):
             compile_seconds=round(time.monotonic() - fetched, 2),
             where=self.where,
         )
-
-    def _take(
-        self,
-        sink: Sink,
-        tenant: str,
-        record: Record | Rejected | None,
-        sources: dict[str, TenantSource],
-    ) -> None:
-        if isinstance(record, Rejected):
-            self._reject(sink, record)
-        elif record is not None:
-            self._seen[tenant] = str(record.version)
-            if record.source is not None:
-                sources[tenant] = record.source
 
     async def _resync(self, sink: Sink) -> None:
         """After a reconnect: fetch only the tenants whose version moved."""

@@ -34,6 +34,7 @@ from extauthz.tenancy import TenantMatch, TenantSpec, check_tenant_name
 
 __all__ = [
     "DEFAULT_KEEP",
+    "RECORD_FIELDS",
     "Keys",
     "Record",
     "Rejected",
@@ -254,22 +255,21 @@ class TenantRepo:
 
     async def records(self, tenants: Sequence[str]) -> list[Record | Rejected | None]:
         """Decode each tenant's record: a Record, a Rejected, or None (no key)."""
-        out: list[Record | Rejected | None] = []
         values = await self.hmget_many(tenants, RECORD_FIELDS)
-        for tenant, value in zip(tenants, values, strict=True):
-            key = self.keys.current(tenant)
-            if isinstance(value, ResponseError):
-                error = DocumentError(f"unreadable: {value}", location=Location(f"redis:{key}"))
-                out.append(Rejected(tenant, "?", error))
-            elif all(v is None for v in value):
-                out.append(None)
-            else:
-                try:
-                    out.append(decode_record(tenant, key, value))
-                except DocumentError as exc:
-                    version = _text(value[0]) or "?"
-                    out.append(Rejected(tenant, version, exc))
-        return out
+        return [self.decode(t, v) for t, v in zip(tenants, values, strict=True)]
+
+    def decode(self, tenant: str, value: Any) -> Record | Rejected | None:
+        """One HMGET ``RECORD_FIELDS`` reply (or its error) -> Record, Rejected or None."""
+        key = self.keys.current(tenant)
+        if isinstance(value, ResponseError):
+            error = DocumentError(f"unreadable: {value}", location=Location(f"redis:{key}"))
+            return Rejected(tenant, "?", error)
+        if all(v is None for v in value):
+            return None
+        try:
+            return decode_record(tenant, key, value)
+        except DocumentError as exc:
+            return Rejected(tenant, _text(value[0]) or "?", exc)
 
     async def versions(self) -> dict[str, str]:
         """Every tenant's current version (as text; "" when unreadable), tombstones included."""
