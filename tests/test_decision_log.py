@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from tests.helpers import Issuer, ServerProcess, check_request, serving, wait_for
 from tests.test_telemetry_support import HOST, shop_policies
@@ -137,3 +140,23 @@ def test_sampling_zero_logs_no_plain_decision(tmp_path: Path) -> None:
         server.check(check_request(host=HOST, path="/audited", request_id="audit-2"))
         decision(server, "audit-2")
         assert "sampled-out" not in {d["decision_id"] for d in decisions(server)}
+
+
+def test_check_command_shows_the_shadow_decision(tmp_path: Path) -> None:
+    """`extauthz check` prints the enforced decision and, on its own line, the dry-run one."""
+    policies = shop_policies(tmp_path / "policies", Issuer())
+    request = tmp_path / "request.json"
+    request.write_text(
+        json_format.MessageToJson(check_request(host=HOST, path="/shadowed", request_id="c1"))
+    )
+    argv = [sys.executable, "-m", "extauthz", "check", "--policies", str(policies)]
+    text = subprocess.run([*argv, "--request", str(request)], capture_output=True, text=True)
+    out = subprocess.run(
+        [*argv, "--request", str(request), "--output", "json"], capture_output=True, text=True
+    )
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith("ALLOW")
+    assert "SHADOW DENY  reason=policy_denied  policy=shop/dry-deny[0]" in lines[1]
+    data = json.loads(out.stdout)
+    assert (data["decision"], data["shadow_decision"]) == ("allow", "deny")
+    assert (data["shadow_policy"], data["shadow_rule"]) == ("shop/dry-deny", 0)

@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     meta = metadata_of(outcome, view.request_id)
     if args.output == "json":
         out = {**meta, "status": outcome.status, "detail": outcome.detail}
+        if outcome.shadow is not None:
+            out["shadow_reason"] = str(outcome.shadow.reason)
+            out["shadow_rule"] = outcome.shadow.rule
         if explanation is not None:
             out["explanation"] = explanation.to_dict()
         print(json.dumps(out, indent=2))
@@ -82,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{verdict}  reason={outcome.reason}  tenant={outcome.tenant or '-'}")
         if outcome.detail and not outcome.allowed:
             print(f"  {outcome.detail}")
+        shadow = outcome.shadow
+        if shadow is not None:
+            verdict = "ALLOW" if shadow.allowed else "DENY"
+            by = f"  policy={shadow.policy}[{shadow.rule}]" if shadow.policy else ""
+            print(f"SHADOW {verdict}  reason={shadow.reason}{by}  (dry-run, not enforced)")
         if explanation is not None:
             print(explanation.render())
     return 0 if outcome.allowed else 1
