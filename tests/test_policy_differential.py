@@ -439,7 +439,7 @@ def test_agrees_on_requests_aimed_at_each_rule(case: str) -> None:
     filters = _filters(case)
 
     @settings(
-        max_examples=150,
+        max_examples=100,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

@@ -18,7 +18,7 @@ from extauthz.policy import CompiledPolicies, compile_policies, evaluate, explai
 from extauthz.policy.matchers import IPSet, StringSet, parse_cidr
 from extauthz.policy.paths import template_regex
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ALPHABET = "abAB/.-*x"
 words = st.text(alphabet=ALPHABET, max_size=8)
 subjects_text = st.text(alphabet="abAB/.-x", max_size=8)
@@ -211,7 +211,7 @@ def test_not_values_of_missing_attribute_always_hold(key: str, vals: list[str]) 
     assert evaluate(compiled, Subject()).allowed
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(policy, max_size=5), subject)
 def test_explain_agrees_with_evaluate(policies: list[dict[str, Any]], s: Subject) -> None:
     """explain reaches evaluate's decision, deciding rule, audits and shadow."""

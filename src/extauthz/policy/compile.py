@@ -202,14 +202,14 @@ class _RuleCompiler:
 
     # -- reporting -------------------------------------------------------------------------
 
-    def _bad(self, path: Path, message: str) -> None:
+    def _bad(self, path: Path, message: str, what: str = "value") -> None:
         where = f"{self.doc.location(path)}: {field_name(path)}"
         if self.spec.action == "ALLOW":
             if not self.dropped:
                 self.dropped = f"{field_name(path)}: {message}"
             self.warnings.append(f"{where}: {message}; the rule is dropped (it never matches)")
         else:
-            self.warnings.append(f"{where}: {message}; the value is ignored")
+            self.warnings.append(f"{where}: {message}; the {what} is ignored")
 
     # -- fields ----------------------------------------------------------------------------
 
@@ -285,7 +285,7 @@ class _RuleCompiler:
         try:
             validate, build = _condition_kind(key, self.doc.namespace, self._principals)
         except _Bad as exc:
-            self._bad((*path, "key"), str(exc))
+            self._bad((*path, "key"), str(exc), "condition")
             if self.spec.action != "ALLOW":
                 return []  # the condition is dropped
             return [Check(f"{label}.key", _never)]
