@@ -2,8 +2,8 @@
 
     python bench/engine.py [--iterations 20000] [--max-seconds 8]
 
-The request and tenant are bench/workload.py's (allowed by the 15th policy, audited by the
-20th). Each stage runs a warm-up, then ``--iterations`` timed calls (each call timed on its
+The request and tenant are bench/workload.py's (allowed by the 15th policy, no AUDIT
+match). Each stage runs a warm-up, then ``--iterations`` timed calls (each call timed on its
 own with ``time.perf_counter_ns``, stopping early after ``--max-seconds``); the table gives
 the median, p99 and mean in microseconds. Stages:
 
