@@ -25,9 +25,8 @@ from extauthz.model import Subject
 from extauthz.policy import CompiledPolicies, compile_policies, evaluate
 from tests import rbac_reference as ref
 
-GOLDEN = Path("/work/shared/testdata/istio-authz/http")
-if not GOLDEN.is_dir():  # a copy kept beside the tests
-    GOLDEN = Path(__file__).parent / "testdata" / "istio-authz" / "http"
+# Istio's golden data lives in the shared folder beside the checkout (../shared).
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "istio-authz" / "http"
 
 # The trust-domain bundles of Istio's builder_test.go (TestGenerator_GenerateHTTP).
 TRUST_DOMAINS: dict[str, tuple[str, ...]] = {
@@ -37,6 +36,7 @@ TRUST_DOMAINS: dict[str, tuple[str, ...]] = {
     "td-aliases-source-principal": ("new-td", "old-td", "some-trustdomain"),
 }
 CASES = sorted(p.name.removesuffix("-in.yaml") for p in GOLDEN.glob("*-in.yaml"))
+assert CASES, f"no golden data in {GOLDEN}: the differential test needs ../shared beside the repo"
 TDS = [
     "td1",
     "cluster.local",
