@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from extauthz.store.base import Sink, Store, TenantSource
 from extauthz.store.redis_client import Client, connect, display_target, parse_url
 from extauthz.store.redis_model import RECORD_FIELDS, Record, Rejected, TenantRepo, chunks
+from extauthz.tenancy import check_tenant_name
 
 __all__ = ["RedisStore"]
 
@@ -153,7 +154,7 @@ class RedisStore(Store):
         data = message.get("data")
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
         tenant, _, _version = text.partition(" ")
-        return tenant or None
+        return tenant if check_tenant_name(tenant) else None
 
     async def _full_load(self, sink: Sink) -> None:
         start = time.monotonic()
