@@ -36,6 +36,8 @@ def decode(request: external_auth_pb2.CheckRequest) -> RequestView:
         raise MalformedRequest("no HTTP method")
     source = attrs.source
     destination = attrs.destination
+    source_socket = source.address.socket_address
+    destination_socket = destination.address.socket_address
     return RequestView(
         method=method,
         host=http.host or headers.get(":authority", ""),
@@ -44,11 +46,11 @@ def decode(request: external_auth_pb2.CheckRequest) -> RequestView:
         protocol=http.protocol,
         request_id=http.id,
         headers=headers,
-        source_address=source.address.socket_address.address,
-        source_port=source.address.socket_address.port_value,
+        source_address=source_socket.address,
+        source_port=source_socket.port_value,
         source_principal=source.principal,
-        destination_address=destination.address.socket_address.address,
-        destination_port=destination.address.socket_address.port_value,
+        destination_address=destination_socket.address,
+        destination_port=destination_socket.port_value,
         destination_principal=destination.principal,
         sni=attrs.tls_session.sni,
         context_extensions=dict(attrs.context_extensions),
@@ -62,9 +64,13 @@ def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> dict[s
     if http.headers:
         if len(http.headers) > MAX_HEADERS:
             raise MalformedRequest(f"more than {MAX_HEADERS} headers")
-        for name, value in http.headers.items():
-            size += len(name) + len(value)
-            out[name.lower()] = value
+        # Envoy sends lower-case names: copy the map in one go, and only when a name is not
+        # lower case (lower() changes no character of the joined names) lower them one by one.
+        out = dict(http.headers)
+        names = "".join(out)
+        size = len(names) + sum(map(len, out.values()))
+        if names.lower() != names:
+            out = {name.lower(): value for name, value in http.headers.items()}
     elif http.HasField("header_map"):
         entries = http.header_map.headers
         if len(entries) > MAX_HEADERS:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Final
 
 from extauthz.authn import AuthnResult
 from extauthz.catalog import CompiledTenant
 from extauthz.errors import Reason
 from extauthz.identity import (
+    XFCC_HEADER,
     PeerIdentityError,
     SpiffeId,
     TrustedProxies,
@@ -40,6 +42,9 @@ HEADER_PRINCIPAL: Final = "x-extauthz-principal"
 HEADER_REQUEST_PRINCIPAL: Final = "x-extauthz-request-principal"
 # Headers we set for the upstream; a client's own copies never reach it.
 OWN_HEADERS: Final = (HEADER_TENANT, HEADER_PRINCIPAL, HEADER_REQUEST_PRINCIPAL)
+# Parsed addresses and SPIFFE IDs, by their text: a few proxies and workloads send nearly every
+# request, and the parsed values are immutable. Bounded, so varied input only costs misses.
+_PARSED_CACHE: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +98,7 @@ class CheckPipeline:
         """The outcome, with the tenant and the engine's input when it got that far."""
         # identity: the calling workload
         try:
-            peer = peer_identity(view, self._proxies)
+            peer = self._peer(view)
         except PeerIdentityError as exc:
             return deny(Reason.PEER_INVALID, f"peer identity: {exc}"), None, None
         principal = peer.uri if peer else ""
@@ -183,6 +188,12 @@ class CheckPipeline:
             version=tenant.version,
         )
 
+    def _peer(self, view: RequestView) -> SpiffeId | None:
+        """``peer_identity``; without a trusted-proxy XFCC to read, from a memo."""
+        if self._proxies and XFCC_HEADER in view.headers:
+            return peer_identity(view, self._proxies)
+        return _source_spiffe_id(view.source_principal)
+
     def _remote_ip(self, view: RequestView) -> IPAddress | None:
         """The original client, from x-forwarded-for as Envoy does with xff_num_trusted_hops."""
         xff = view.headers.get("x-forwarded-for")
@@ -201,6 +212,13 @@ def _removals(added: list[tuple[str, str]], token_headers: tuple[str, ...]) -> t
     return own + tuple(h for h in token_headers if h not in names)
 
 
+@lru_cache(maxsize=_PARSED_CACHE)
+def _source_spiffe_id(source_principal: str) -> SpiffeId | None:
+    """What ``peer_identity`` makes of ``source.principal`` (raises PeerIdentityError)."""
+    return parse_spiffe_id(source_principal) if source_principal else None
+
+
+@lru_cache(maxsize=_PARSED_CACHE)
 def _ip(value: str) -> IPAddress | None:
     if not value:
         return None
@@ -210,6 +228,7 @@ def _ip(value: str) -> IPAddress | None:
         return None
 
 
+@lru_cache(maxsize=_PARSED_CACHE)
 def _namespace_of(destination_principal: str) -> str | None:
     if not destination_principal:
         return None

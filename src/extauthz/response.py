@@ -13,7 +13,8 @@ from typing import Final
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
-from google.rpc import code_pb2, status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2
 
 from extauthz.errors import Reason
 from extauthz.pipeline import Outcome
@@ -52,20 +53,43 @@ def metadata_of(outcome: Outcome, decision_id: str) -> dict[str, object]:
 
 def build_response(outcome: Outcome, decision_id: str = "") -> external_auth_pb2.CheckResponse:
     response = external_auth_pb2.CheckResponse()
-    response.dynamic_metadata.update(metadata_of(outcome, decision_id))
+    _set_metadata(response.dynamic_metadata, metadata_of(outcome, decision_id))
     if outcome.allowed:
         response.status.code = code_pb2.OK
         ok = response.ok_response
+        add = ok.headers.add
         for name, value in outcome.headers_to_add:
-            ok.headers.add(
-                header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE
-            )
+            header = add(append_action=_OVERWRITE).header
+            header.key = name
+            header.value = value
         ok.headers_to_remove.extend(outcome.headers_to_remove)
         return response
     status = outcome.status if outcome.status in _BODY else 403
-    response.status.CopyFrom(
-        status_pb2.Status(code=_GRPC_CODE[status], message=str(outcome.reason))
-    )
+    response.MergeFrom(_DENIED[status])
+    response.status.message = str(outcome.reason)
+    return response
+
+
+def _set_metadata(struct: struct_pb2.Struct, meta: dict[str, object]) -> None:
+    """``struct.update(meta)``, with the value types metadata_of produces set directly."""
+    fields = struct.fields
+    for key, value in meta.items():
+        if type(value) is str:
+            fields[key].string_value = value
+        elif type(value) is int:
+            fields[key].number_value = value
+        elif type(value) is list and all(type(item) is str for item in value):
+            values = fields[key].list_value.values
+            for item in value:
+                values.add().string_value = item
+        else:
+            struct.update({key: value})  # type: ignore[dict-item]
+
+
+def _denied(status: int) -> external_auth_pb2.CheckResponse:
+    """The parts of a deny that depend on its HTTP status only."""
+    response = external_auth_pb2.CheckResponse()
+    response.status.code = _GRPC_CODE[status]
     denied = response.denied_response
     denied.status.code = http_status_pb2.StatusCode.Value(
         "Unauthorized" if status == 401 else "Forbidden"
@@ -81,6 +105,10 @@ def build_response(outcome: Outcome, decision_id: str = "") -> external_auth_pb2
             append_action=_OVERWRITE,
         )
     return response
+
+
+# Merged into every deny (MergeFrom copies; the templates are never handed out).
+_DENIED: Final = {status: _denied(status) for status in _BODY}
 
 
 def internal_error_response(
