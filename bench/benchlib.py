@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
@@ -56,12 +56,23 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 class Child:
     """A child process with its output in a log file; ``stop`` ends it by its PID."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_dir / f"{name}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env} if env else None,
+        )
         self.pid = self.proc.pid
 
     def alive(self) -> bool:
@@ -89,10 +100,16 @@ class Child:
 class GrpcServer(Child):
     """A gRPC Check server (extauthz or the bare baseline) on a free loopback port."""
 
-    def __init__(self, name: str, argv_for: Callable[[str], Sequence[str]], log_dir: Path):
+    def __init__(
+        self,
+        name: str,
+        argv_for: Callable[[str], Sequence[str]],
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.address = f"{LOOPBACK}:{self.port}"
-        super().__init__(name, argv_for(self.address), log_dir)
+        super().__init__(name, argv_for(self.address), log_dir, env)
 
     def wait_serving(self, timeout: float = 30.0) -> None:
         with grpc.insecure_channel(self.address) as channel:

@@ -17,13 +17,20 @@ the median, p99 and mean in microseconds. Stages:
   serialized CheckRequest, ``AuthorizationServicer.Check`` (driven without an event loop, it
   never awaits), serialize the CheckResponse.
 
+- ``served Check, decision log all|none``: the same, with the servicer ``extauthz serve``
+  builds (``extauthz.app.build``: telemetry and decision log as observer; log lines go to
+  /dev/null through the server's logging setup). Time spent by the log writer thread is not
+  in these numbers, only what the Check itself waits for.
+
 ``timer`` is an empty call: the floor every other row includes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import os
 import platform
 import statistics
 import sys
@@ -49,6 +56,7 @@ from extauthz.policy import evaluate
 from extauthz.registry import Registry, Snapshot
 from extauthz.response import build_response
 from extauthz.servicer import AuthorizationServicer
+from extauthz.settings import Settings
 from extauthz.store.base import TenantSource
 
 TARGET_PIPELINE_US = 30.0
@@ -110,6 +118,18 @@ def drive(coro: Any) -> Any:
     raise RuntimeError("Check awaited; it must decide without awaiting")
 
 
+def served_servicer(
+    policies: Path, tenant: str, docs: tuple[Any, ...], decision_log: str
+) -> AuthorizationServicer:
+    """The servicer ``extauthz serve`` runs, with the given decision log mode."""
+    from extauthz.app import build
+
+    components = build(Settings(policies=policies.parent, decision_log=decision_log))
+    components.registry.replace_all({tenant: TenantSource(tenant, "v1", docs)})
+    servicer: AuthorizationServicer = components.servicer
+    return servicer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="in-process time per Check, per stage")
     parser.add_argument("--iterations", type=int, default=20_000, help="timed calls per stage")
@@ -118,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policies", type=Path, default=workload.TENANT_FILE, help="YAML file")
     parser.add_argument("--output", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
-    configure_logging("error", "console")
+    # As served (JSON lines through the writer thread), into /dev/null for the whole run.
+    devnull = open(os.devnull, "w")  # noqa: SIM115
+    with contextlib.redirect_stderr(devnull):
+        configure_logging("error", "json")
 
     docs = load_documents(args.policies.read_bytes(), str(args.policies))
     jwks = JwksCache()
@@ -149,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
 
     policies = tenant.policies
     authenticator = tenant.authenticator
+    served = {
+        mode: served_servicer(args.policies, tenant.name, tuple(docs), mode)
+        for mode in ("all", "none")
+    }
+
+    def served_check(mode: str) -> Callable[[], object]:
+        check = served[mode].Check
+        return lambda: drive(check(parse(wire), context)).SerializeToString()
 
     def full() -> object:
         v = decode(request)
@@ -166,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             "servicer.Check (wire)",
             lambda: drive(servicer.Check(parse(wire), context)).SerializeToString(),
         ),
+        ("served Check, decision log all", served_check("all")),
+        ("served Check, decision log none", served_check("none")),
     ]
     rows = [measure(n, fn, args.iterations, args.max_seconds, args.warmup) for n, fn in stages]
 

@@ -3,6 +3,7 @@
     bash bench/setup.sh                      # h2load, wrk, py-spy (once)
     python bench/grpc_load.py                # 3 rounds x (c=1, c=16) x (bare, extauthz)
     python bench/grpc_load.py --profile 10   # then 10 s of py-spy on extauthz under c=16
+    python bench/grpc_load.py --reference-src /tmp/before/src   # A/B: a change vs before it
 
 Both servers run as child processes on free 127.0.0.1 ports: extauthz (``extauthz serve``
 with ``--policies``, default the bench tenant) and ``bench/bare_server.py``. Before any load,
@@ -18,6 +19,10 @@ CheckRequest) for ``--duration`` seconds after ``--warmup``. Concurrency C is ``
 rounds, and the ratio column the median of the per-round extauthz/bare ratios, so machine
 noise that drifts between rounds cancels. Latencies come from h2load's per-request log.
 Results go to stdout and bench/results/grpc_load-<time>.md.
+
+``--reference-src DIR`` runs a third server, ``extauthz-ref``, from another copy of the
+package (``PYTHONPATH=DIR``, e.g. ``src/`` of a checkout before a change) in the same
+alternating rounds, so a change is judged by two ratios against one baseline.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from benchlib import (
     write_result,
 )
 
-SERVERS = ("bare", "extauthz")
+REFERENCE = "extauthz-ref"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +88,7 @@ def verify(
         reply = stub.Check(request, timeout=5)
     got = decision_of(reply)
     meta = dict(reply.dynamic_metadata.fields.items())
-    if server.name == "extauthz":
+    if server.name != "bare":
         if got != expect:
             raise SystemExit(f"extauthz answered {got}, expected {expect}: {reply}")
         if reply.HasField("ok_response" if got == "allow" else "denied_response") is False:
@@ -204,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--serve-arg", action="append", default=[], help="extra flag for extauthz serve"
     )
+    parser.add_argument(
+        "--reference-src",
+        type=Path,
+        help="also run extauthz from this source tree (a copy of src/ before a change), "
+        "as extauthz-ref, in the same rounds",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 0 < args.duration <= 120:
         parser.error("--rounds 1..20 and --duration up to 120 s")
@@ -215,20 +226,24 @@ def main(argv: list[str] | None = None) -> int:
     data_file = work / "check.bin"
     data_file.write_bytes(workload.grpc_frame(request.SerializeToString()))
 
+    names = ("bare", "extauthz", *((REFERENCE,) if args.reference_src else ()))
     servers: dict[str, GrpcServer] = {}
     try:
         servers["bare"] = GrpcServer("bare", bare_argv, work)
         ext_argv = extauthz_argv(args.policies, *args.serve_arg)
         servers["extauthz"] = GrpcServer("extauthz", ext_argv, work)
+        if args.reference_src:
+            ref_env = {"PYTHONPATH": str(args.reference_src.resolve())}
+            servers[REFERENCE] = GrpcServer(REFERENCE, ext_argv, work, ref_env)
         for server in servers.values():
             server.wait_serving()
-        checks = [verify(servers[n], request, data_file, args.expect) for n in SERVERS]
+        checks = [verify(servers[n], request, data_file, args.expect) for n in names]
         for line in checks:
             print("verified", line, flush=True)
 
         runs: dict[tuple[str, int], list[LoadResult]] = collections.defaultdict(list)
         for r in range(args.rounds):
-            order = SERVERS if r % 2 == 0 else SERVERS[::-1]
+            order = names if r % 2 == 0 else names[::-1]
             for shape in shapes:
                 for name in order:
                     server = servers[name]
@@ -248,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"p99 {result.p99_ms:.3f} ms  errors {result.errors}",
                         flush=True,
                     )
-        report = render(args, shapes, runs, checks)
+        report = render(args, names, shapes, runs, checks)
         if args.profile > 0:
             busiest = max(shapes, key=lambda s: s.concurrency)
             report += "\n## Profile of extauthz under load (py-spy)\n\n"
@@ -264,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(
     args: argparse.Namespace,
+    names: tuple[str, ...],
     shapes: list[Shape],
     runs: dict[tuple[str, int], list[LoadResult]],
     checks: list[str],
@@ -272,7 +288,7 @@ def render(
     ratios: list[list[object]] = []
     for shape in shapes:
         c = shape.concurrency
-        for name in SERVERS:
+        for name in names:
             rs = runs[(name, c)]
             rows.append(
                 [
@@ -283,15 +299,20 @@ def render(
                     sum(r.errors for r in rs), sum(r.requests for r in rs),
                 ]
             )  # fmt: skip
-        ext, bare = runs[("extauthz", c)], runs[("bare", c)]
-        tput = median([e.rps / b.rps for e, b in zip(ext, bare, strict=True)])
-        p50 = median([e.p50_ms / b.p50_ms for e, b in zip(ext, bare, strict=True)])
-        p99 = median([e.p99_ms / b.p99_ms for e, b in zip(ext, bare, strict=True)])
-        added = median([e.p50_ms - b.p50_ms for e, b in zip(ext, bare, strict=True)])
-        verdict = "met" if tput >= 0.85 else "NOT met"
-        ratios.append(
-            [c, f"{tput:.2f}x ({verdict})", f"{p50:.2f}x", f"{p99:.2f}x", f"{added:+.3f}"]
-        )
+        bare = runs[("bare", c)]
+        for name in names[1:]:
+            ext = runs[(name, c)]
+            tput = median([e.rps / b.rps for e, b in zip(ext, bare, strict=True)])
+            p50 = median([e.p50_ms / b.p50_ms for e, b in zip(ext, bare, strict=True)])
+            p99 = median([e.p99_ms / b.p99_ms for e, b in zip(ext, bare, strict=True)])
+            added = median([e.p50_ms - b.p50_ms for e, b in zip(ext, bare, strict=True)])
+            verdict = "met" if tput >= 0.85 else "NOT met"
+            ratios.append(
+                [
+                    c, name, f"{tput:.2f}x ({verdict})", f"{p50:.2f}x", f"{p99:.2f}x",
+                    f"{added:+.3f}",
+                ]
+            )  # fmt: skip
     return "\n".join(
         [
             "# Direct gRPC load: extauthz vs bare grpc.aio server",
@@ -299,7 +320,9 @@ def render(
             f"{args.rounds} alternating rounds, {args.duration:g} s each after "
             f"{args.warmup:g} s warm-up; h2load over h2c; policies {args.policies}; "
             f"request {args.request or 'bench/workload.py'}; "
-            f"extauthz flags {' '.join(args.serve_arg) or '(defaults)'}.",
+            f"extauthz flags {' '.join(args.serve_arg) or '(defaults)'}"
+            + (f"; extauthz-ref: {args.reference_src}" if args.reference_src else "")
+            + ".",
             "Verified: " + "; ".join(checks) + ".",
             "",
             table(
@@ -309,7 +332,7 @@ def render(
             "",
             "extauthz / bare (median of per-round ratios; target throughput >= 0.85x):",
             "",
-            table(("C", "throughput", "p50", "p99", "p50 added ms"), ratios),
+            table(("C", "server", "throughput", "p50", "p99", "p50 added ms"), ratios),
             "",
         ]
     )
