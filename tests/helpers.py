@@ -84,8 +84,10 @@ class ServerProcess:
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"extauthz-{self.port}.log"
         self._log = self.log_path.open("wb")
         full_env = {**os.environ, **(env or {})}
+        # No metrics port unless a test asks for one: parallel servers must not contend.
+        metrics = [] if "--metrics-listen" in args else ["--metrics-listen", "off"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "extauthz", "serve", "--listen", self.address, *args],
+            [sys.executable, "-m", "extauthz", "serve", "--listen", self.address, *metrics, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,

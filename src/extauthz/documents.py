@@ -21,6 +21,7 @@ __all__ = [
     "KIND_TENANT",
     "Document",
     "Path",
+    "document_from_data",
     "dump_documents",
     "field_name",
     "load_documents",
@@ -125,6 +126,11 @@ def load_documents(text: str | bytes, source: str) -> list[Document]:
     except yaml.YAMLError as exc:
         raise DocumentError(f"invalid YAML: {exc}", location=Location(source)) from None
     return docs
+
+
+def document_from_data(body: Any, source: str) -> Document:
+    """A document from plain data (stored JSON): the envelope checks of ``load_documents``."""
+    return _envelope(body, source, {})
 
 
 def dump_documents(docs: Sequence[Document]) -> str:

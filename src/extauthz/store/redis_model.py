@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from redis.exceptions import RedisError, ResponseError
 
-from extauthz.documents import Document, _envelope
+from extauthz.documents import Document, document_from_data
 from extauthz.errors import ConflictError, DocumentError, Location, StoreError
 from extauthz.store.base import TenantSource
 from extauthz.store.redis_client import Client
@@ -166,7 +166,7 @@ def decode_documents(text: str, source: str) -> list[Document]:
     if not isinstance(bodies, list):
         raise DocumentError("documents must be a JSON array", location=Location(source))
     # The same envelope checks as load_documents; stored JSON has no lines to report.
-    return [_envelope(body, f"{source}#{i}", {}) for i, body in enumerate(bodies)]
+    return [document_from_data(body, f"{source}#{i}") for i, body in enumerate(bodies)]
 
 
 def decode_record(tenant: str, key: str, values: Sequence[Any]) -> Record:
