@@ -147,42 +147,30 @@ class CheckPipeline:
         principal: str,
         authn: AuthnResult,
     ) -> Outcome:
-        request_principal = authn.request_principal
-        audits = tuple(f"{a.policy}[{a.rule}]" for a in result.audits)
-        if not result.allowed:
-            return Outcome(
-                False,
-                result.reason,
-                403,
-                tenant=tenant.name,
-                policy=result.policy,
-                rule=result.rule,
-                principal=principal,
-                request_principal=request_principal or "",
-                detail=result.policy or "no ALLOW policy matched",
-                audits=audits,
-                shadow=result.shadow,
-                jwt_cache_hit=authn.cache_hit,
-                version=tenant.version,
-            )
-        add = [(HEADER_TENANT, tenant.name)]
-        if principal:
-            add.append((HEADER_PRINCIPAL, principal))
-        if request_principal:
-            add.append((HEADER_REQUEST_PRINCIPAL, request_principal))
-        add.extend(authn.headers_to_add)
+        request_principal = authn.request_principal or ""
+        add: list[tuple[str, str]] = []
+        remove: tuple[str, ...] = ()
+        if result.allowed:
+            add.append((HEADER_TENANT, tenant.name))
+            if principal:
+                add.append((HEADER_PRINCIPAL, principal))
+            if request_principal:
+                add.append((HEADER_REQUEST_PRINCIPAL, request_principal))
+            add.extend(authn.headers_to_add)
+            remove = _removals(add, authn.headers_to_remove)
         return Outcome(
-            True,
-            Reason.ALLOWED,
-            200,
+            result.allowed,
+            result.reason,
+            200 if result.allowed else 403,
             tenant=tenant.name,
             policy=result.policy,
             rule=result.rule,
             principal=principal,
-            request_principal=request_principal or "",
+            request_principal=request_principal,
+            detail="" if result.allowed else result.policy or "no ALLOW policy matched",
             headers_to_add=tuple(add),
-            headers_to_remove=_removals(add, authn.headers_to_remove),
-            audits=audits,
+            headers_to_remove=remove,
+            audits=tuple(f"{a.policy}[{a.rule}]" for a in result.audits),
             shadow=result.shadow,
             jwt_cache_hit=authn.cache_hit,
             version=tenant.version,

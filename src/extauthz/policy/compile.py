@@ -25,6 +25,7 @@ from extauthz.policy.matchers import (
     IPSet,
     Matcher,
     StringSet,
+    ValueForms,
     parse_cidr,
     parse_port,
 )
@@ -338,24 +339,13 @@ def _check_path(value: str) -> None:
 
 
 def _paths(values: list[str]) -> Matcher:
-    exact: list[str] = []
-    prefixes: list[str] = []
-    suffixes: list[str] = []
-    regexes: list[str] = []
-    anything = False
-    for v in values:
-        if is_template(v):
-            regexes.append(template_regex(v))
-        elif v == "*":
-            anything = True
-        elif v.startswith("*"):
-            suffixes.append(v[1:])
-        elif v.endswith("*"):
-            prefixes.append(v[:-1])
-        else:
-            exact.append(v)
+    forms = ValueForms.split(v for v in values if not is_template(v))
     matcher = StringSet(
-        exact=exact, prefixes=prefixes, suffixes=suffixes, regexes=regexes, nonempty=anything
+        exact=forms.exact,
+        prefixes=forms.prefixes,
+        suffixes=forms.suffixes,
+        regexes=[template_regex(v) for v in values if is_template(v)],
+        nonempty=forms.star,
     )
 
     def paths(ctx: Ctx) -> bool:

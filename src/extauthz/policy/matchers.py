@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from extauthz.model import IPAddress, Subject
 
@@ -101,6 +101,30 @@ def _normalize_claims(
 Matcher = Callable[[Ctx], bool]
 
 
+class ValueForms(NamedTuple):
+    """A field's values sorted by Istio's forms."""
+
+    exact: list[str]
+    prefixes: list[str]  # from ``abc*``
+    suffixes: list[str]  # from ``*abc``
+    star: bool  # ``*`` was among them
+
+    @classmethod
+    def split(cls, values: Iterable[str]) -> ValueForms:
+        forms = cls([], [], [], False)
+        star = False
+        for v in values:
+            if v == "*":
+                star = True
+            elif v.startswith("*"):
+                forms.suffixes.append(v[1:])
+            elif v.endswith("*"):
+                forms.prefixes.append(v[:-1])
+            else:
+                forms.exact.append(v)
+        return forms._replace(star=star)
+
+
 class StringSet:
     """Any of a field's string values, as Envoy string/header matchers run them."""
 
@@ -133,25 +157,13 @@ class StringSet:
 
         ``star`` is ``"present"`` (Envoy present_match) or ``"nonempty"`` (regex ``.+``).
         """
-        exact: list[str] = []
-        prefixes: list[str] = []
-        suffixes: list[str] = []
-        anything = False
-        for v in values:
-            if v == "*":
-                anything = True
-            elif v.startswith("*"):
-                suffixes.append(v[1:])
-            elif v.endswith("*"):
-                prefixes.append(v[:-1])
-            else:
-                exact.append(v)
+        forms = ValueForms.split(values)
         return cls(
-            exact=exact,
-            prefixes=prefixes,
-            suffixes=suffixes,
-            present=anything and star == "present",
-            nonempty=anything and star == "nonempty",
+            exact=forms.exact,
+            prefixes=forms.prefixes,
+            suffixes=forms.suffixes,
+            present=forms.star and star == "present",
+            nonempty=forms.star and star == "nonempty",
             ignore_case=ignore_case,
         )
 

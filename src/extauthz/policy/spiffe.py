@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from extauthz.policy.matchers import StringSet
+from extauthz.policy.matchers import StringSet, ValueForms
 
 __all__ = [
     "expand_trust_domains",
@@ -36,20 +36,13 @@ CLUSTER_LOCAL: Final = "cluster.local"
 
 
 def principal_set(values: Iterable[str]) -> StringSet:
-    exact: list[str] = []
-    prefixes: list[str] = []
-    regexes: list[str] = []
-    anything = False
-    for v in values:
-        if v == "*":
-            anything = True
-        elif v.startswith("*"):
-            regexes.append("spiffe://.*" + re.escape(v[1:]))
-        elif v.endswith("*"):
-            prefixes.append(SPIFFE + v[:-1])
-        else:
-            exact.append(SPIFFE + v)
-    return StringSet(exact=exact, prefixes=prefixes, regexes=regexes, nonempty=anything)
+    forms = ValueForms.split(values)
+    return StringSet(
+        exact=[SPIFFE + v for v in forms.exact],
+        prefixes=[SPIFFE + v for v in forms.prefixes],
+        regexes=["spiffe://.*" + re.escape(v) for v in forms.suffixes],
+        nonempty=forms.star,
+    )
 
 
 def namespace_set(values: Iterable[str]) -> StringSet:
