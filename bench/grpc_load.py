@@ -176,7 +176,9 @@ def summarize_profile(raw: Path, top: int = 25) -> str:
     )
     return "\n\n".join(
         [
-            f"{total} samples (all threads, 250 Hz, {raw.name})",
+            f"{total} samples (all threads, 250 Hz, {raw.name}). py-spy sees Python frames "
+            "only: a leaf in the event loop's own frame (Runner.run, run_until_complete) is "
+            "native time under it (grpc core, uvloop, protobuf).",
             "Self time (leaf frames):\n\n" + table(("share", "function"), rows(own)),
             "Inclusive time, extauthz and grpc frames:\n\n"
             + table(("share", "function"), rows(ours)),
