@@ -380,9 +380,17 @@ def test_extauthz_deployment(overlay: str) -> None:
 
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": SERVE_PORT, "http-metrics": METRICS_PORT}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    # Readiness asks the default service (policies loaded); startup and liveness ask the
+    # liveness service, so a slow first load or a store outage restarts nothing.
+    liveness = {"port": SERVE_PORT, "service": "extauthz.liveness"}
+    want = {
+        "startupProbe": liveness,
+        "readinessProbe": {"port": SERVE_PORT},
+        "livenessProbe": liveness,
+    }
+    for probe, grpc_probe in want.items():
         p = c[probe]
-        assert p["grpc"] == {"port": SERVE_PORT}, probe
+        assert p["grpc"] == grpc_probe, probe
         assert not {"httpGet", "tcpSocket", "exec"} & set(p), probe
     startup_budget = c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
     assert startup_budget >= 30, "startup probe leaves too little time for a first policy load"
