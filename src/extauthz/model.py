@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple
 
 __all__ = ["IPAddress", "RequestView", "Subject"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Named tuples rather than frozen dataclasses: as immutable, and three times cheaper to build,
+# which counts on a path that builds one of each per Check.
+_NONE: Final[Mapping[str, str]] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class RequestView:
+class RequestView(NamedTuple):
     """The parts of an Envoy CheckRequest that extauthz uses. Absent values are empty."""
 
     method: str = ""
@@ -27,7 +29,7 @@ class RequestView:
     scheme: str = ""
     protocol: str = ""
     request_id: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names, "," joined
+    headers: Mapping[str, str] = _NONE  # lower-case names, "," joined
     source_address: str = ""
     source_port: int = 0
     source_principal: str = ""  # peer certificate URI SAN, as Envoy reports it
@@ -35,11 +37,10 @@ class RequestView:
     destination_port: int = 0
     destination_principal: str = ""
     sni: str = ""
-    context_extensions: Mapping[str, str] = field(default_factory=dict)
+    context_extensions: Mapping[str, str] = _NONE
 
 
-@dataclass(frozen=True, slots=True)
-class Subject:
+class Subject(NamedTuple):
     """Everything the policy engine reads about one request. Built once per Check.
 
     ``principal`` is the peer SPIFFE ID as a full URI (``spiffe://td/ns/a/sa/b``) or None
@@ -54,7 +55,7 @@ class Subject:
     host: str = ""
     method: str = ""
     path: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = _NONE
     destination_ip: IPAddress | None = None
     destination_port: int | None = None
     sni: str | None = None

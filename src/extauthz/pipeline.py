@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Final
+from typing import Final, NamedTuple
 
 from extauthz.authn import AuthnResult
 from extauthz.catalog import CompiledTenant
@@ -47,8 +47,7 @@ OWN_HEADERS: Final = (HEADER_TENANT, HEADER_PRINCIPAL, HEADER_REQUEST_PRINCIPAL)
 _PARSED_CACHE: Final = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """The one result type of a Check; ``response.build`` maps it to a CheckResponse."""
 
     allowed: bool
