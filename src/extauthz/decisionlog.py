@@ -96,7 +96,7 @@ class DecisionLog:
 
     def __init__(
         self,
-        mode: Mode | str = Mode.ALL,
+        mode: Mode | str = Mode.DENY,
         *,
         sample: float = 1.0,
         mask: Iterable[str] = (),

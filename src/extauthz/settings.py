@@ -55,7 +55,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "json"
     metrics_max_tenants: int = 100  # tenant label values before "_other"
-    decision_log: str = "all"  # all, deny, none (AUDIT matches are always logged)
+    decision_log: str = "deny"  # all, deny, none (AUDIT matches are always logged)
     decision_log_sample: float = 1.0
     mask_headers: tuple[str, ...] = ()
     workers: int = 1
