@@ -310,7 +310,7 @@ def _negate(fn: Matcher) -> Matcher:
 
 def _on_principal(make: Callable[[list[str]], StringSet]) -> Build:
     def build(values: list[str]) -> Matcher:
-        matcher = make(values)
+        matcher = make(values).test
 
         def on_principal(ctx: Ctx) -> bool:
             principal = ctx.subject.principal
@@ -346,7 +346,7 @@ def _paths(values: list[str]) -> Matcher:
         suffixes=forms.suffixes,
         regexes=[template_regex(v) for v in values if is_template(v)],
         nonempty=forms.star,
-    )
+    ).test
 
     def paths(ctx: Ctx) -> bool:
         value = ctx.subject.path
@@ -356,7 +356,7 @@ def _paths(values: list[str]) -> Matcher:
 
 
 def _hosts(values: list[str]) -> Matcher:
-    matcher = StringSet.istio(values, star="present", ignore_case=True)
+    matcher = StringSet.istio(values, star="present", ignore_case=True).test
 
     def hosts(ctx: Ctx) -> bool:
         return bool(ctx.subject.host) and matcher(ctx.host_lower)
@@ -365,7 +365,7 @@ def _hosts(values: list[str]) -> Matcher:
 
 
 def _methods(values: list[str]) -> Matcher:
-    matcher = StringSet.istio(values, star="present")
+    matcher = StringSet.istio(values, star="present").test
 
     def methods(ctx: Ctx) -> bool:
         value = ctx.subject.method
@@ -384,7 +384,7 @@ def _ports(values: list[str]) -> Matcher:
 
 
 def _sni(values: list[str]) -> Matcher:
-    matcher = StringSet.istio(values, star="nonempty")
+    matcher = StringSet.istio(values, star="nonempty").test
 
     def sni(ctx: Ctx) -> bool:
         value = ctx.subject.sni
@@ -397,7 +397,7 @@ def _header(name: str) -> Build:
     lowered = name.lower()
 
     def build(values: list[str]) -> Matcher:
-        matcher = StringSet.istio(values, star="present")
+        matcher = StringSet.istio(values, star="present").test
 
         def header(ctx: Ctx) -> bool:
             value = ctx.subject.headers.get(lowered)
@@ -542,6 +542,9 @@ def _rule_matcher(
                     break
             else:
                 return False
-        return all(fn(ctx) for fn in cond)
+        for fn in cond:  # noqa: SIM110 - a generator would cost a frame per rule
+            if not fn(ctx):
+                return False
+        return True
 
     return match
