@@ -245,35 +245,38 @@ class _RuleCompiler:
     def _source(self, j: int, entry: Mapping[str, tuple[str, ...]]) -> list[Check]:
         label = f"from[{j}].source"
         path = (*self.base, "from", j, "source")
-        ns = self.doc.namespace
         checks: list[Check] = []
-        for pos, builder, validate in (
-            ("principals", self._principals, None),
-            ("requestPrincipals", _request_principals, None),
-            ("namespaces", _on_principal(namespace_set), None),
-            ("serviceAccounts", _on_principal(lambda v: service_account_set(v, ns)), None),
-            ("trustDomains", _on_principal(trust_domain_set), None),
-            ("ipBlocks", _ip(lambda c: c.subject.source_ip), parse_cidr),
-            ("remoteIpBlocks", _ip(lambda c: c.subject.remote_ip), parse_cidr),
-        ):
-            neg = "not" + pos[0].upper() + pos[1:]
+        for pos, neg in _SOURCE_FIELDS:
             vals = (entry.get(pos, ()), entry.get(neg, ()))
-            checks += self._pair(label, path, (pos, neg), vals, validate, builder)
+            if vals[0] or vals[1]:  # most fields are absent: build nothing for them
+                builder, validate = self._source_kind(pos)
+                checks += self._pair(label, path, (pos, neg), vals, validate, builder)
         return checks
+
+    def _source_kind(self, pos: str) -> tuple[Build, Validate | None]:
+        ns = self.doc.namespace
+        if pos == "principals":
+            return self._principals, None
+        if pos == "requestPrincipals":
+            return _request_principals, None
+        if pos == "namespaces":
+            return _on_principal(namespace_set), None
+        if pos == "serviceAccounts":
+            return _on_principal(lambda v: service_account_set(v, ns)), None
+        if pos == "trustDomains":
+            return _on_principal(trust_domain_set), None
+        if pos == "ipBlocks":
+            return _ip(lambda c: c.subject.source_ip), parse_cidr
+        return _ip(lambda c: c.subject.remote_ip), parse_cidr  # remoteIpBlocks
 
     def _operation(self, j: int, entry: Mapping[str, tuple[str, ...]]) -> list[Check]:
         label = f"to[{j}].operation"
         path = (*self.base, "to", j, "operation")
         checks: list[Check] = []
-        for pos, builder, validate in (
-            ("methods", _methods, None),
-            ("ports", _ports, parse_port),
-            ("paths", _paths, _check_path),
-            ("hosts", _hosts, None),
-        ):
-            neg = "not" + pos[0].upper() + pos[1:]
+        for pos, neg, builder, validate in _OPERATION_FIELDS:
             vals = (entry.get(pos, ()), entry.get(neg, ()))
-            checks += self._pair(label, path, (pos, neg), vals, validate, builder)
+            if vals[0] or vals[1]:
+                checks += self._pair(label, path, (pos, neg), vals, validate, builder)
         return checks
 
     def _principals(self, values: list[str]) -> Matcher:
@@ -500,6 +503,33 @@ def _condition_kind(key: str, namespace: str, principals: Build) -> tuple[Valida
             raise _Bad(f"invalid key {key!r}: expected experimental.envoy.filters.<f>[<key>]")
         return None, lambda values: _never  # we never hold other filters' metadata
     raise _Bad(f"unknown condition key {key!r}")
+
+
+def _negative(field: str) -> str:
+    return "not" + field[0].upper() + field[1:]
+
+
+_SOURCE_FIELDS: Final = tuple(
+    (pos, _negative(pos))
+    for pos in (
+        "principals",
+        "requestPrincipals",
+        "namespaces",
+        "serviceAccounts",
+        "trustDomains",
+        "ipBlocks",
+        "remoteIpBlocks",
+    )
+)
+_OPERATION_FIELDS: Final[tuple[tuple[str, str, Build, Validate | None], ...]] = tuple(
+    (pos, _negative(pos), build, validate)
+    for pos, build, validate in (
+        ("methods", _methods, None),
+        ("ports", _ports, parse_port),
+        ("paths", _paths, _check_path),
+        ("hosts", _hosts, None),
+    )
+)
 
 
 # -- the fast path ---------------------------------------------------------------------------
