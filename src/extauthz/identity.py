@@ -7,6 +7,7 @@ the identity of the original client is the last element of ``x-forwarded-client-
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ __all__ = [
     "parse_spiffe_id",
     "parse_xfcc",
     "peer_identity",
+    "xfcc_client",
 ]
 
 MAX_SPIFFE_ID_BYTES: Final = 2048
@@ -180,16 +182,26 @@ def peer_identity(view: RequestView, proxies: TrustedProxies) -> SpiffeId | None
     without a URI means the client had no SPIFFE identity.
     """
     if proxies and XFCC_HEADER in view.headers and proxies.trusts(view):
-        try:
-            elements = parse_xfcc(view.headers[XFCC_HEADER])
-        except ValueError as exc:
-            raise PeerIdentityError(f"malformed x-forwarded-client-cert: {exc}") from None
-        if not elements:
-            return None
-        uris = [v for k, v in elements[-1] if k.lower() == "uri" and v]
-        if not uris:
-            return None
-        return parse_spiffe_id(uris[0])
+        return xfcc_client(view.headers[XFCC_HEADER])
     if not view.source_principal:
         return None
     return parse_spiffe_id(view.source_principal)
+
+
+@functools.lru_cache(maxsize=4096)
+def xfcc_client(header: str) -> SpiffeId | None:
+    """The client's SPIFFE ID in an XFCC header: the last element's URI, None without one.
+
+    Remembered by header text (a gateway sends the same few values again and again); an
+    invalid header raises PeerIdentityError every time, as errors are not remembered.
+    """
+    try:
+        elements = parse_xfcc(header)
+    except ValueError as exc:
+        raise PeerIdentityError(f"malformed x-forwarded-client-cert: {exc}") from None
+    if not elements:
+        return None
+    uris = [v for k, v in elements[-1] if k.lower() == "uri" and v]
+    if not uris:
+        return None
+    return parse_spiffe_id(uris[0])

@@ -61,7 +61,11 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             outcome = deny(Reason.DEADLINE, "deadline exceeded", tenant=outcome.tenant)
         decision_id = (view.request_id if view is not None else "") or os.urandom(8).hex()
         response = build_response(outcome, decision_id)
-        self._observer(outcome, view, decision_id, time.perf_counter() - start)
+        try:
+            self._observer(outcome, view, decision_id, time.perf_counter() - start)
+        except Exception:
+            # The decision stands: a failing log or metric must neither flip nor drop it.
+            log.exception("observer failed", decision_id=decision_id)
         return response
 
     def _decide(
