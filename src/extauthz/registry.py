@@ -8,6 +8,7 @@ last good version; the failure is logged and counted, never served.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -84,15 +85,27 @@ class Registry:
         tenants = dict(self.snapshot.tenants)
         for name in [n for n in tenants if n not in sources]:
             del tenants[name]
-        for name in sorted(sources):
-            source = sources[name]
-            current = tenants.get(name)
-            if current is not None and current.version == source.version and source.version:
-                continue
-            compiled = self._compile(source)
-            if compiled is not None:
-                tenants[name] = compiled
+        # A full load allocates the whole policy set at once: the cyclic collector would walk
+        # the growing heap again and again (about half the load time of 10k tenants). It is
+        # off for the load; afterwards what was loaded moves to the permanent generation, so
+        # no later collection walks it (no pause of the event loop proportional to the
+        # policy set). Compiled tenants hold no reference cycles: refcounting frees them.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for name in sorted(sources):
+                source = sources[name]
+                current = tenants.get(name)
+                if current is not None and current.version == source.version and source.version:
+                    continue
+                compiled = self._compile(source)
+                if compiled is not None:
+                    tenants[name] = compiled
+        finally:
+            if collecting:
+                gc.enable()
         self._swap(self._resolve_conflicts(tenants))
+        gc.freeze()
         self.stats.loads += 1
         self.ready = True
         log.info("policies loaded", tenants=len(self.snapshot.tenants))
