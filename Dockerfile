@@ -21,9 +21,8 @@ WORKDIR /src
 COPY . .
 
 # Build the project's wheel alone, then install it with its dependencies (and uvloop, the
-# "fast" extra) into a venv
-# that the runtime stage copies whole. pip compiles the bytecode here, because the
-# runtime root filesystem is read-only.
+# "fast" extra) into a venv that the runtime stage copies whole. pip compiles the bytecode
+# here, because the runtime root filesystem is read-only.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/venv \
  && /opt/venv/bin/python -m pip install /wheels/extauthz-*.whl 'uvloop>=0.19'
