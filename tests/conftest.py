@@ -10,7 +10,8 @@ from tests.helpers import REPO, RedisServer, ServerProcess, serving
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
+def redis() -> Iterator[RedisServer]:
+    """A throwaway redis-server of this test's own (it may stop and restart it)."""
     server = RedisServer()
     try:
         yield server

@@ -697,17 +697,17 @@ def apply_to_redis(url: str, directory: Path) -> None:
 
 @pytest.mark.redis
 def test_redis_policy_change_takes_effect_without_restart(
-    tmp_path: Path, issuer: Issuer, upstream: str, redis_server: RedisServer
+    tmp_path: Path, issuer: Issuer, upstream: str, redis: RedisServer
 ) -> None:
     """``extauthz policy apply`` to Redis changes Envoy's answers; nothing is restarted."""
     directory = write_policies(tmp_path / "policies", issuer, public="/public/*")
-    apply_to_redis(redis_server.url, directory)
-    args = ["--redis-url", redis_server.url, "--log-level", "warning"]
+    apply_to_redis(redis.url, directory)
+    args = ["--redis-url", redis.url, "--log-level", "warning"]
     with serving(args) as server, running_envoy(tmp_path, server.address, upstream) as envoy:
         assert send(envoy, "/public/page").status == 200
         assert send(envoy, "/open/page").status == 403
         (directory / "public.yaml").write_text(PUBLIC.format(path="/open/*"))
-        apply_to_redis(redis_server.url, directory)
+        apply_to_redis(redis.url, directory)
         wait_for(
             lambda: send(envoy, "/open/page").status == 200, 20, 0.1, "the new policy to apply"
         )

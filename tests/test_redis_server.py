@@ -6,7 +6,6 @@ import contextlib
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -37,15 +36,6 @@ def apply(url: str, tmp_path: Path, text: str) -> None:
 
 def decide(server: ServerProcess, path: str, host: str = "a.test") -> int:
     return int(server.check(check_request(host=host, path=path)).status.code)
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_two_replicas_both_see_an_update(redis: RedisServer, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -64,15 +64,6 @@ class Harness:
             await asyncio.gather(self.task, return_exceptions=True)
         await self.store.close()
         await self.client.aclose()
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
