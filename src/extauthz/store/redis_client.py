@@ -70,8 +70,9 @@ class RedisTarget:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password masked, for logs and messages."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    """The URL with its passwords masked (userinfo and ``?...password=``), for logs and messages."""
+    url = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"([?&][^=&#]*password=)[^&#]*", r"\1***", url)
 
 
 def parse_url(url: str) -> RedisTarget:
@@ -95,6 +96,9 @@ def parse_url(url: str) -> RedisTarget:
     nodes = tuple(_hostport(h, 26379 if "sentinel" in scheme else 6379) for h in hosts.split(","))
     tls = scheme.startswith("rediss")
     path = [p for p in parts.path.split("/") if p]
+    auth: dict[str, str] = {
+        k: query.pop(k) for k in ("sentinel_username", "sentinel_password") if k in query
+    }
     clean = urlunsplit(parts._replace(query=urlencode(query)))
     common: dict[str, Any] = {
         "url": clean,
@@ -111,9 +115,6 @@ def parse_url(url: str) -> RedisTarget:
     if not path:
         raise ValueError("redis+sentinel:// needs the master name: .../SERVICE[/DB]")
     db = int(path[1]) if len(path) > 1 and path[1].isdigit() else 0
-    auth: dict[str, str] = {
-        k: query[k] for k in ("sentinel_username", "sentinel_password") if k in query
-    }
     return RedisTarget("sentinel", service=path[0], db=db, sentinel_auth=auth, **common)
 
 
@@ -152,8 +153,19 @@ def connect(target: RedisTarget, **overrides: Any) -> Client:
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(target.nodes), sentinel_kwargs=sentinel_kwargs, ssl=target.tls, **auth, **kwargs
     )
-    client: Redis = sentinel.master_for(target.service, db=target.db)
+    client: Redis = sentinel.master_for(target.service, db=target.db, redis_class=_SentinelMaster)
     return client
+
+
+class _SentinelMaster(Redis):
+    """The master of a Sentinel service. Closing it also closes the connections to the
+    Sentinels, which redis-py leaves to the caller of ``Sentinel.master_for``."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            await self.connection_pool.sentinel_manager.aclose()  # type: ignore[attr-defined]
 
 
 def display_target(target: RedisTarget) -> str:
