@@ -21,6 +21,7 @@ from tests.helpers import (
     tenant_documents,
     wait_for,
 )
+from tests.pki import TestCA
 
 pytestmark = pytest.mark.redis
 
@@ -256,3 +257,43 @@ def test_serve_follows_a_failover(tmp_path: Path) -> None:
         if replica is not None:
             replica.stop()
         master.stop()
+
+
+def test_tls_sentinel_and_master_with_a_private_ca(tmp_path: Path) -> None:
+    """rediss+sentinel:// with ?ssl_ca_certs=: the Sentinel and the master it names both
+    speak only TLS under a private CA; apply and get go through, and without the CA the
+    Sentinel's certificate is refused (exit 2)."""
+    ca = TestCA(tmp_path / "pki")
+    cert = ca.server("redis")
+    tls_files = ("--tls-cert-file", str(cert.cert), "--tls-key-file", str(cert.key))
+    tls_files += ("--tls-ca-cert-file", str(ca.cert), "--tls-auth-clients", "no")
+    master_tls = free_port()
+    master = RedisServer("--tls-port", str(master_tls), *tls_files)
+    sentinel: SentinelServer | None = None
+    try:
+        sentinel_tls = free_port()
+        conf = [f"tls-port {sentinel_tls}", "tls-replication yes"]
+        conf += [f"{tls_files[i][2:]} {tls_files[i + 1]}" for i in range(0, len(tls_files), 2)]
+        sentinel = SentinelServer(tmp_path, master_tls, "\n".join(conf) + "\n")
+        wait_for(
+            lambda: sentinel.master_port() == master_tls,  # type: ignore[union-attr]
+            15,
+            what="sentinel to reach the master over TLS",
+        )
+        base = f"rediss+sentinel://127.0.0.1:{sentinel_tls}/{SERVICE}"
+        url = f"{base}?ssl_ca_certs={ca.cert}"
+        apply(url, tmp_path, tenant_documents("t1", "a.test"))
+        assert redis_cli(master.port, "hget", "extauthz:{t1}:current", "version") == "1\n"
+        assert main(["policy", "get", "t1", "--redis-url", url]) == 0
+        assert main(["policy", "list", "--redis-url", base]) == 2
+    finally:
+        if sentinel is not None:
+            sentinel.stop()
+        master.stop()
+
+
+def test_tls_options_without_tls_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """ssl_* parameters on redis+sentinel:// (no TLS) are a usage error, not ignored."""
+    url = f"redis+sentinel://127.0.0.1:{free_port()}/{SERVICE}?ssl_ca_certs=/ca.pem"
+    assert main(["policy", "list", "--redis-url", url]) == 2
+    assert "ssl_ca_certs: only with rediss+sentinel" in capsys.readouterr().err

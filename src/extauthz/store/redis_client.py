@@ -10,6 +10,10 @@ of our own select the topology:
 - ``redis+cluster://[user:pass@]host:port[,host:port...]`` (``rediss+cluster`` for TLS):
   a Redis Cluster, discovered from any of the given nodes.
 
+With TLS, the ``ssl_*`` query parameters redis-py takes in a ``rediss://`` URL
+(``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ...) apply to
+every connection of the Sentinel and Cluster schemes too, the Sentinels' included.
+
 ``?prefix=NAME`` (any scheme) puts the keys under ``NAME:`` instead of ``extauthz:``, so
 several environments can share one Redis. The client always speaks RESP through hiredis.
 """
@@ -23,6 +27,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.asyncio.sentinel import Sentinel
 
 __all__ = [
@@ -62,6 +67,7 @@ class RedisTarget:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    tls_options: dict[str, str] = field(default_factory=dict)  # ssl_* (sentinel, cluster)
     sentinel_auth: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -99,6 +105,9 @@ def parse_url(url: str) -> RedisTarget:
     auth: dict[str, str] = {
         k: query.pop(k) for k in ("sentinel_username", "sentinel_password") if k in query
     }
+    tls_options = {k: v for k, v in query.items() if k.startswith("ssl_")}
+    if tls_options and not tls:
+        raise ValueError(f"{', '.join(tls_options)}: only with rediss+sentinel/rediss+cluster")
     clean = urlunsplit(parts._replace(query=urlencode(query)))
     common: dict[str, Any] = {
         "url": clean,
@@ -107,6 +116,7 @@ def parse_url(url: str) -> RedisTarget:
         "username": unquote(username) or None,
         "password": unquote(password) or None,
         "tls": tls,
+        "tls_options": tls_options,
     }
     if "cluster" in scheme:
         if path:
@@ -135,6 +145,10 @@ def connect(target: RedisTarget, **overrides: Any) -> Client:
             kwargs.pop("socket_keepalive", None)
         return Redis.from_url(target.url, **kwargs)
     auth: dict[str, Any] = {"username": target.username, "password": target.password}
+    tls_options = {
+        k: URL_QUERY_ARGUMENT_PARSERS.get(k, str)(v) for k, v in target.tls_options.items()
+    }
+    kwargs.update(tls_options)
     if target.mode == "cluster":
         kwargs.pop("health_check_interval", None)
         return RedisCluster(
@@ -147,6 +161,7 @@ def connect(target: RedisTarget, **overrides: Any) -> Client:
         "password": target.sentinel_auth.get("sentinel_password"),
         "username": target.sentinel_auth.get("sentinel_username"),
         "ssl": target.tls,
+        **tls_options,
         "socket_connect_timeout": kwargs["socket_connect_timeout"],
         "socket_timeout": kwargs["socket_connect_timeout"],
     }
