@@ -221,11 +221,15 @@ def test_serve_loads_through_sentinel_and_follows_updates(
 def test_serve_follows_a_failover(tmp_path: Path) -> None:
     """The master is killed; Sentinel promotes the replica; serve reconnects to it and an
     update applied through Sentinel afterwards is served."""
-    master = RedisServer()
+    master = RedisServer("--dir", str(tmp_path))
     replica: RedisServer | None = None
     sentinel: SentinelServer | None = None
     try:
-        replica = RedisServer("--replicaof", "127.0.0.1", str(master.port))
+        replica_dir = tmp_path / "replica"  # a replica stores the RDB of its full sync
+        replica_dir.mkdir()
+        replica = RedisServer(
+            "--replicaof", "127.0.0.1", str(master.port), "--dir", str(replica_dir)
+        )
         wait_for(
             lambda: "master_link_status:up" in redis_cli(replica.port, "info", "replication"),
             15,
