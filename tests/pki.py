@@ -139,6 +139,12 @@ class TestCA:
             ExtendedKeyUsageOID.CLIENT_AUTH,
         )
 
+    def client(self, uri: str, stem: str) -> Issued:
+        """A client certificate whose only URI SAN is ``uri``, written as ``<stem>.pem``."""
+        return self._issue(
+            stem, [x509.UniformResourceIdentifier(uri)], ExtendedKeyUsageOID.CLIENT_AUTH
+        )
+
     def server(self, name: str = "server") -> Issued:
         """A server certificate valid for 127.0.0.1 and localhost."""
         return self._issue(
