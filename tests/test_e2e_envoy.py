@@ -34,7 +34,7 @@ from google.rpc import code_pb2
 from jwt.algorithms import ECAlgorithm
 
 from extauthz.envoyconfig import EnvoyOptions, HostPort, TlsFiles, XfccMode, render
-from tests.helpers import RedisServer, ServerProcess, free_port, serving, wait_for
+from tests.helpers import RedisServer, ServerProcess, free_port, serving, stop_process, wait_for
 from tests.pki import Issued, TestCA
 
 pytestmark = pytest.mark.envoy
@@ -98,13 +98,7 @@ class EnvoyProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 

@@ -41,7 +41,7 @@ import yaml
 from extauthz.documents import load_documents
 from extauthz.model import Subject
 from extauthz.policy import CompiledPolicies, compile_policies, evaluate
-from tests.helpers import Issuer, free_port, wait_for
+from tests.helpers import Issuer, free_port, stop_process, wait_for
 from tests.pki import Issued, TestCA
 from tests.rbac_reference import out_files, strings_in
 
@@ -353,13 +353,7 @@ def _envoy(directory: Path, cases: list[Case], pki: Pki) -> Iterator[None]:
             wait_for(ready, 30, what="envoy with the RBAC listeners")
             yield
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from tests.helpers import (
     check_request,
     free_port,
     serving,
+    stop_process,
     tenant_documents,
     wait_for,
 )
@@ -91,13 +92,7 @@ class SentinelServer:
         return redis_cli(self.port, "sentinel", "replicas", SERVICE)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
