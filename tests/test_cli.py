@@ -145,3 +145,49 @@ def test_serve_fails_before_listening_on_bad_settings(
     out = run("serve", *args, env=env, cwd=REPO)
     assert out.returncode == 2
     assert message in out.stderr
+
+
+def test_check_fetches_jwks_uri_keys(tmp_path: Path) -> None:
+    """Offline, a tenant's jwksUri is fetched once, so a token from it is verified."""
+    import http.server
+    import threading
+
+    from tests.helpers import Issuer
+
+    issuer = Issuer()
+    body = issuer.jwks.encode()
+
+    class Jwks(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{httpd.server_address[1]}/jwks.json"
+        tenant = tenant_yaml("users").replace(
+            "  mtls:", f"  jwtRules:\n  - issuer: {issuer.iss}\n    jwksUri: {uri}\n  mtls:"
+        )
+        spec = "  rules: [{from: [{source: {requestPrincipals: ['*']}}]}]"
+        (tmp_path / "t.yaml").write_text(tenant + "---\n" + policy_yaml("p", "users", spec))
+        from google.protobuf import json_format
+
+        req = tmp_path / "r.json"
+        token = issuer.token()
+        req.write_text(
+            json_format.MessageToJson(
+                check_request(host="users.test", headers={"authorization": f"Bearer {token}"})
+            )
+        )
+        out = run("check", "--policies", str(tmp_path), "--request", str(req), "--output", "json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert json.loads(out.stdout)["request_principal"] == f"{issuer.iss}/alice"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from extauthz.authn import JwksCache
 from extauthz.cli import _env
 from extauthz.cli.policy import compile_all
 from extauthz.decode import MalformedRequest, decode
+from extauthz.errors import Reason
 from extauthz.pathnorm import PathNormalization
 from extauthz.pipeline import CheckOptions, CheckPipeline
 from extauthz.policy import explain
@@ -43,6 +45,7 @@ def register(sub: Any) -> None:
         help="as Istio's meshConfig",
     )
     _env.add(p, "--xff-num-trusted-hops", default="0", help="hops of x-forwarded-for to trust")
+    _env.add(p, "--jwks-ca-file", help="CA bundle for jwksUri fetches (default: system)")
     p.set_defaults(func=run)
 
 
@@ -51,9 +54,30 @@ def load_request(path: Path) -> external_auth_pb2.CheckRequest:
     return json_format.Parse(text, external_auth_pb2.CheckRequest(), ignore_unknown_fields=False)
 
 
+def fetch_keys(jwks: JwksCache, uris: frozenset[str], timeout: float = 5.0) -> list[str]:
+    """Fetch the key sets at ``uris`` once (the server does it in the background; an offline
+    check waits for them). The URIs that gave no keys."""
+
+    async def fetch() -> None:
+        jwks.track(uris)
+        await jwks.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            # a bounded poll: the cache has no arrival event, and this is an offline command
+            while any(jwks.keys(u) is None for u in uris) and loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        finally:
+            await jwks.close()
+
+    asyncio.run(fetch())
+    return sorted(u for u in uris if jwks.keys(u) is None)
+
+
 def run(args: argparse.Namespace) -> int:
     docs, errors = read_directory(Path(args.policies))
-    tenants, compile_errors = compile_all(docs, JwksCache())
+    jwks = JwksCache(ca_file=args.jwks_ca_file or None)
+    tenants, compile_errors = compile_all(docs, jwks)
     for error in [*errors, *compile_errors]:
         print(f"error: {error}", file=sys.stderr)
     if errors or compile_errors:
@@ -69,7 +93,13 @@ def run(args: argparse.Namespace) -> int:
             path_normalization=PathNormalization(args.path_normalization),
         )
     )
-    outcome, tenant, subject = pipeline.trace(Snapshot.build(tenants), view)
+    snapshot = Snapshot.build(tenants)
+    outcome, tenant, subject = pipeline.trace(snapshot, view)
+    uris = tenant.authenticator.jwks_uris if tenant is not None else frozenset()
+    if outcome.reason is Reason.JWT_INVALID and any(jwks.keys(u) is None for u in uris):
+        for uri in fetch_keys(jwks, uris):
+            print(f"warning: no keys from {uri}", file=sys.stderr)
+        outcome, tenant, subject = pipeline.trace(snapshot, view)
     explanation = explain(tenant.policies, subject) if tenant and subject else None
     meta = metadata_of(outcome, view.request_id)
     if args.output == "json":
