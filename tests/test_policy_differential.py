@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,16 +24,7 @@ from extauthz.model import Subject
 from extauthz.policy import CompiledPolicies, compile_policies, evaluate
 from tests import rbac_reference as ref
 
-# Istio's golden data lives in the shared folder beside the checkout (../shared).
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "istio-authz" / "http"
-
-# The trust-domain bundles of Istio's builder_test.go (TestGenerator_GenerateHTTP).
-TRUST_DOMAINS: dict[str, tuple[str, ...]] = {
-    "simple-policy-td-aliases": ("td1", "cluster.local"),
-    "simple-policy-multiple-td-aliases": ("td1", "cluster.local", "some-td"),
-    "simple-policy-principal-with-wildcard": ("td1", "foobar"),
-    "td-aliases-source-principal": ("new-td", "old-td", "some-trustdomain"),
-}
+GOLDEN, TRUST_DOMAINS = ref.GOLDEN, ref.TRUST_DOMAINS
 CASES = sorted(p.name.removesuffix("-in.yaml") for p in GOLDEN.glob("*-in.yaml"))
 assert CASES, f"no golden data in {GOLDEN}: the differential test needs ../shared beside the repo"
 TDS = [

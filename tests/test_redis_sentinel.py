@@ -17,6 +17,7 @@ from tests.helpers import (
     ServerProcess,
     check_request,
     free_port,
+    redis_cli,
     serving,
     stop_process,
     tenant_documents,
@@ -39,16 +40,6 @@ def _answers(port: int) -> bool:
             return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
-
-
-def redis_cli(port: int, *args: str) -> str:
-    return subprocess.run(
-        ["redis-cli", "-p", str(port), *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout
 
 
 class SentinelServer:

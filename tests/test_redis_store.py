@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from extauthz.store.redis import RedisStore
 from extauthz.store.redis_admin import PolicyAdmin
 from extauthz.store.redis_client import connect, parse_url
 from extauthz.store.redis_model import TenantRepo
-from tests.helpers import RedisServer, tenant_documents
+from tests.helpers import RedisServer, redis_cli, tenant_documents
 
 pytestmark = pytest.mark.redis
 
@@ -29,12 +28,6 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0.02)
     raise TimeoutError(f"timed out waiting for {what}")
-
-
-def cli(redis: RedisServer, *args: str) -> str:
-    return subprocess.run(
-        ["redis-cli", "-p", str(redis.port), *args], check=True, capture_output=True, text=True
-    ).stdout.strip()
 
 
 class Harness:
@@ -168,8 +161,8 @@ async def test_bad_record_keeps_last_good_version(
     """A record that cannot be decoded or compiled is rejected; version 1 keeps serving."""
     await loaded(harness, tenant_documents("t1", "a.test"))
     good = harness.registry.snapshot.tenants["t1"]
-    cli(redis, *BAD_RECORDS[damage]("extauthz:{t1}:current"))
-    cli(redis, "publish", "extauthz:changes", "t1 9")
+    redis_cli(redis.port, *BAD_RECORDS[damage]("extauthz:{t1}:current"))
+    redis_cli(redis.port, "publish", "extauthz:changes", "t1 9")
     await until(lambda: harness.registry.stats.rejected == 1, "rejection counted")
     assert harness.registry.snapshot.tenants["t1"] is good
 
@@ -177,8 +170,8 @@ async def test_bad_record_keeps_last_good_version(
 async def test_wrong_type_key_keeps_last_good_version(harness: Harness, redis: RedisServer) -> None:
     """A key overwritten with a string (not a hash) is rejected, not fatal to the store."""
     await loaded(harness, tenant_documents("t1", "a.test"), tenant_documents("t2", "b.test"))
-    cli(redis, "set", "extauthz:{t1}:current", "garbage")
-    cli(redis, "publish", "extauthz:changes", "t1 2")
+    redis_cli(redis.port, "set", "extauthz:{t1}:current", "garbage")
+    redis_cli(redis.port, "publish", "extauthz:changes", "t1 2")
     await until(lambda: harness.registry.stats.rejected == 1, "rejection counted")
     assert harness.version("t1") == "1"
     await harness.apply(tenant_documents("t2", "b.test", ["/next"]))
@@ -191,7 +184,7 @@ async def test_bad_record_at_start_leaves_out_only_that_tenant(
     """At the first load a broken tenant is rejected and every other tenant is served."""
     await harness.apply(tenant_documents("t1", "a.test"))
     await harness.apply(tenant_documents("t2", "b.test"))
-    cli(redis, "hset", "extauthz:{t1}:current", "documents", "[")
+    redis_cli(redis.port, "hset", "extauthz:{t1}:current", "documents", "[")
     harness.start()
     await until(lambda: harness.registry.ready, "first load")
     assert harness.version("t1") is None
@@ -202,8 +195,8 @@ async def test_bad_record_at_start_leaves_out_only_that_tenant(
 async def test_fixed_record_replaces_rejected_one(harness: Harness, redis: RedisServer) -> None:
     """After a rejection, the next good write is served."""
     await loaded(harness, tenant_documents("t1", "a.test"))
-    cli(redis, "hset", "extauthz:{t1}:current", "documents", "[")
-    cli(redis, "publish", "extauthz:changes", "t1 1")
+    redis_cli(redis.port, "hset", "extauthz:{t1}:current", "documents", "[")
+    redis_cli(redis.port, "publish", "extauthz:changes", "t1 1")
     await until(lambda: harness.registry.stats.rejected == 1, "rejection counted")
     await harness.apply(tenant_documents("t1", "a.test", ["/fixed"]))
     await until(lambda: harness.version("t1") == "2", "fixed version served")

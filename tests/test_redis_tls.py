@@ -7,7 +7,6 @@ keeps a plain port, used only by ``redis-cli`` to look at what was written.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.helpers import (
     ServerProcess,
     check_request,
     free_port,
+    redis_cli,
     serving,
     tenant_documents,
     wait_for,
@@ -81,16 +81,6 @@ def tls_redis(ca: TestCA) -> Iterator[TlsRedis]:
         yield redis
     finally:
         redis.server.stop()
-
-
-def redis_cli(port: int, *args: str) -> str:
-    return subprocess.run(
-        ["redis-cli", "-p", str(port), *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout
 
 
 def write(tmp_path: Path, text: str) -> Path:
