@@ -403,9 +403,10 @@ def test_field_matches_and_near_miss(rule: dict[str, Any], hit: dict, miss: dict
 
 
 def test_experimental_values_never_match() -> None:
-    """experimental.envoy.filters.* values never match: we never hold that filter metadata."""
+    """experimental.envoy.filters.* values never match in an ALLOW, and a warning says so."""
     compiled = allow_rule(when("experimental.envoy.filters.a.b[c]", ["*"]))
     assert not evaluate(compiled, Subject(principal=P)).allowed
+    assert any("ALLOW rule never matches" in w for w in compiled.warnings)
 
 
 def test_extra_space_delimited_claims() -> None:

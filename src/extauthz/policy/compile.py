@@ -312,6 +312,12 @@ class _RuleCompiler:
         vals = (cond.values, cond.not_values)
         if key == "connection.sni":
             self._warn_sni((*path, "key"))
+        elif key.startswith(_EXPERIMENTAL):
+            where = f"{self.doc.location((*path, 'key'))}: {field_name((*path, 'key'))}"
+            self.warnings.append(
+                f"{where}: {key} cannot be evaluated by an external authorizer; "
+                f"this {self.spec.action} rule never matches"
+            )
         names = ("values", "notValues")
         return self._pair(label, path, names, vals, validate, build, build_not)
 
