@@ -4,7 +4,8 @@ Paths: for each ``meshConfig.pathNormalization`` mode, an Envoy from ``extauthz 
 (``--path-normalization``, set as istiod sets it) sends tricky raw paths to an upstream that
 echoes the path it received; ``normalize_path(raw, mode)`` must equal that path. Repeated
 headers: Envoy joins a header sent twice with ``,`` in the Check; a DENY on one of the values
-still denies. SNI: a DENY on ``connection.sni`` fails closed on a Check without a TLS session.
+still denies, as Envoy's own RBAC filter does (checked against it). SNI: a DENY on
+``connection.sni`` fails closed on a Check without a TLS session.
 """
 
 from __future__ import annotations
@@ -12,15 +13,29 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 from google.rpc import code_pb2
 
+from extauthz.documents import load_documents
 from extauthz.envoyconfig import EnvoyOptions, HostPort
+from extauthz.model import Subject
 from extauthz.pathnorm import PathNormalization, normalize_path
-from tests.helpers import ServerProcess, check_request, free_port, serving, wait_for
+from extauthz.policy import compile_policies, evaluate
+from tests.helpers import (
+    ServerProcess,
+    check_request,
+    envoy_binary,
+    envoy_ready,
+    free_port,
+    serving,
+    stop_process,
+    wait_for,
+)
 from tests.test_e2e_envoy import EnvoyProcess, echo_upstream
 
 pytestmark = pytest.mark.envoy
@@ -210,3 +225,96 @@ def test_deny_on_sni_fails_closed_without_tls_session(extauthz: ServerProcess) -
         assert reply.status.code == code, sni
     reply = extauthz.check(check_request(host="shop.test", path="/other"))
     assert reply.status.code == code_pb2.OK
+
+
+def _rbac_bootstrap(port: int, admin: int) -> dict[str, object]:
+    """An Envoy whose RBAC filter denies ``x-block: 1`` as Istio generates it, then answers 200."""
+    rbac = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {
+            "action": "DENY",
+            "policies": {
+                "ns[shop]-policy[deny-blocked]-rule[0]": {
+                    "permissions": [{"and_rules": {"rules": [{"any": True}]}}],
+                    "principals": [
+                        {"and_ids": {"ids": [{"header": {"name": "x-block",
+                                                         "string_match": {"exact": "1"}}}]}}
+                    ],
+                }
+            },
+        },
+    }  # fmt: skip
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+        "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "rbac",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}],
+                }
+            ]
+        },
+        "http_filters": [
+            {"name": "envoy.filters.http.rbac", "typed_config": rbac},
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            },
+        ],
+    }
+    address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "rbac",
+                    "address": address,
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        },
+    }
+
+
+def test_envoy_rbac_matches_any_repeated_value(tmp_path: Path) -> None:
+    """Envoy's own RBAC denies a repeated header with one denied value; so does evaluate."""
+    port, admin = free_port(), free_port()
+    config = tmp_path / "rbac.yaml"
+    config.write_text(yaml.safe_dump(_rbac_bootstrap(port, admin)))
+    log = (tmp_path / "rbac.log").open("wb")
+    proc = subprocess.Popen(
+        [envoy_binary(), "-c", str(config), "--disable-hot-restart", "-l", "warning"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    policy = POLICIES.split("---\n")[1]
+    compiled = compile_policies(load_documents(policy, "deny.yaml"))
+    try:
+        wait_for(lambda: envoy_ready(admin), 20, what="rbac envoy")
+        for values in (["1"], ["0"], ["0", "1"], ["1", "0"], ["0", "2"], ["2", "1", "0"]):
+            envoy_allows = send(port, "/", [("x-block", v) for v in values])[0] == 200
+            subject = Subject(method="GET", path="/", headers={"x-block": ",".join(values)})
+            assert evaluate(compiled, subject).allowed is envoy_allows, values
+        # One value with a comma: Envoy's RBAC lets it through; the Check can't tell it from a
+        # repeated header, and extauthz denies it (the safe side).
+        assert send(port, "/", [("x-block", "0,1")])[0] == 200
+        joined = Subject(method="GET", path="/", headers={"x-block": "0,1"})
+        assert not evaluate(compiled, joined).allowed
+    finally:
+        stop_process(proc)
+        log.close()
