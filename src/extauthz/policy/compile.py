@@ -454,39 +454,37 @@ def _header(name: str, allow: bool) -> tuple[Build, Build]:
     """
     lowered = name.lower()
 
-    def readings(values: list[str]) -> tuple[Callable[[str], bool], Callable[[str], bool]]:
+    def build(values: list[str]) -> Matcher:
         test = StringSet.istio(values, star="present").test
 
-        def either(value: str) -> bool:  # whole or split reading matches
+        def header(ctx: Ctx) -> bool:  # the whole value or a part matches
+            value = ctx.subject.headers.get(lowered)
+            if value is None:
+                return False
             if test(value):
                 return True
             return "," in value and any(map(test, value.split(",")))
 
-        def both(value: str) -> bool:  # whole and split readings match
-            if not test(value):
-                return False
-            return "," not in value or any(map(test, value.split(",")))
-
-        return either, both
-
-    def build(values: list[str]) -> Matcher:
-        either = readings(values)[0]
-
-        def header(ctx: Ctx) -> bool:
-            value = ctx.subject.headers.get(lowered)
-            return value is not None and either(value)
-
         return header
 
     def build_not(values: list[str]) -> Matcher:
-        either, both = readings(values)
-        matches = either if allow else both
+        test = StringSet.istio(values, star="present").test
 
-        def not_header(ctx: Ctx) -> bool:
+        def not_header_allow(ctx: Ctx) -> bool:  # neither the whole value nor a part matches
             value = ctx.subject.headers.get(lowered)
-            return value is None or not matches(value)
+            if value is None:
+                return True
+            if test(value):
+                return False
+            return "," not in value or not any(map(test, value.split(",")))
 
-        return not_header
+        def not_header_deny(ctx: Ctx) -> bool:  # the whole value, or every part, misses
+            value = ctx.subject.headers.get(lowered)
+            if value is None or not test(value):
+                return True
+            return "," in value and not any(map(test, value.split(",")))
+
+        return not_header_allow if allow else not_header_deny
 
     return build, build_not
 
