@@ -5,7 +5,8 @@ Paths: for each ``meshConfig.pathNormalization`` mode, an Envoy from ``extauthz 
 echoes the path it received; ``normalize_path(raw, mode)`` must equal that path. Repeated
 headers: Envoy joins a header sent twice with ``,`` in the Check; a DENY on one of the values
 still denies, as Envoy's own RBAC filter does (checked against it). SNI: a DENY on
-``connection.sni`` fails closed on a Check without a TLS session.
+``connection.sni`` fails closed on a Check without a TLS session, and decides on the SNI
+when ``include_tls_session`` makes Envoy send it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import socket
+import ssl
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,7 +25,7 @@ import yaml
 from google.rpc import code_pb2
 
 from extauthz.documents import load_documents
-from extauthz.envoyconfig import EnvoyOptions, HostPort
+from extauthz.envoyconfig import EnvoyOptions, HostPort, TlsFiles
 from extauthz.model import Subject
 from extauthz.pathnorm import PathNormalization, normalize_path
 from extauthz.policy import compile_policies, evaluate
@@ -36,6 +39,7 @@ from tests.helpers import (
     stop_process,
     wait_for,
 )
+from tests.pki import Issued, TestCA
 from tests.test_e2e_envoy import EnvoyProcess, echo_upstream
 
 pytestmark = pytest.mark.envoy
@@ -135,7 +139,15 @@ def upstream() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def envoy(directory: Path, extauthz: str, upstream: str, mode: PathNormalization) -> Iterator[int]:
+def envoy(
+    directory: Path,
+    extauthz: str,
+    upstream: str,
+    mode: PathNormalization,
+    *,
+    tls: TlsFiles | None = None,
+    include_tls_session: bool = False,
+) -> Iterator[int]:
     """An Envoy normalizing paths as ``mode``; yields its listener port."""
     options = EnvoyOptions(
         extauthz=HostPort.parse(extauthz),
@@ -144,6 +156,8 @@ def envoy(directory: Path, extauthz: str, upstream: str, mode: PathNormalization
         admin_port=free_port(),
         timeout=2.0,
         path_normalization=mode,
+        tls=tls,
+        include_tls_session=include_tls_session,
     )
     process = EnvoyProcess(options, directory)
     try:
@@ -318,3 +332,37 @@ def test_envoy_rbac_matches_any_repeated_value(tmp_path: Path) -> None:
     finally:
         stop_process(proc)
         log.close()
+
+
+def _get_with_sni(port: int, ca: TestCA, client: Issued, sni: str) -> int:
+    """A GET over mTLS whose ClientHello names ``sni`` (the listener's cert is not checked)."""
+    context = ca.client_context(client)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with context.wrap_socket(raw, server_hostname=sni) as sock:
+        sock.sendall(b"GET /sni/x HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+        head = b""
+        while b"\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+def test_include_tls_session_lets_a_deny_on_sni_decide(
+    tmp_path: Path, extauthz: ServerProcess, upstream: str
+) -> None:
+    """With --include-tls-session Envoy sends the SNI: the DENY fires only on the named SNI."""
+    ca = TestCA(tmp_path / "pki")
+    server, client = ca.server(), ca.workload("web", "frontend")
+    tls = TlsFiles(ca.cert, server.cert, server.key)
+    mode = PathNormalization.BASE
+    with envoy(
+        tmp_path, extauthz.address, upstream, mode, tls=tls, include_tls_session=True
+    ) as port:
+        assert _get_with_sni(port, ca, client, "evil.test") == 403
+        assert _get_with_sni(port, ca, client, "good.test") == 200
+    with envoy(tmp_path, extauthz.address, upstream, mode, tls=tls) as port:
+        assert _get_with_sni(port, ca, client, "good.test") == 403  # no TLS session: fail closed
