@@ -7,6 +7,13 @@ What a request looks like to Envoy is taken from a ``Subject``: ``:authority``, 
 ``envoy.filters.http.jwt_authn`` metadata holds ``{"payload": claims}`` with the space-delimited
 claims (``scope``, ``permission`` and any extra) turned into lists, as jwt_authn's
 ``normalize_payload_in_metadata`` does.
+
+Repeated headers: Envoy's RBAC matches a header when any one of its values does, but a
+``Subject`` (like the Check) holds them joined with ``,``. The reference reads such a value
+both ways, whole and split at ``,``, and takes the reading on the safe side for the engine's
+action (SEMANTICS.md, "Repeated headers"): under an even number of negations either reading
+matching is a match; under an odd number (a ``notValues``) an ALLOW needs both readings to
+miss, a DENY or LOG either one.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,6 +49,7 @@ TRUST_DOMAINS: Final[dict[str, tuple[str, ...]]] = {
 class Request:
     subject: Subject
     space_delimited: frozenset[str] = frozenset({"scope", "permission"})
+    action: str = "ALLOW"  # of the engine evaluating it: picks the safe reading of a header
 
     def header(self, name: str) -> str | None:
         s = self.subject
@@ -100,12 +108,22 @@ def value_match(m: Mapping[str, Any], value: Any) -> bool:
     raise ValueError(f"unsupported value matcher {m}")
 
 
-def header_match(m: Mapping[str, Any], req: Request) -> bool:
+def header_match(m: Mapping[str, Any], req: Request, negated: bool = False) -> bool:
     value = req.header(m["name"])
     if "presentMatch" in m:
         return (value is not None) == bool(m["presentMatch"])
     if value is None:
         return False
+    whole = one_header_value_match(m, value)
+    if "," not in value:
+        return whole
+    split = any(one_header_value_match(m, part) for part in value.split(","))
+    if negated and req.action != "ALLOW":
+        return whole and split
+    return whole or split
+
+
+def one_header_value_match(m: Mapping[str, Any], value: str) -> bool:
     if "stringMatch" in m:
         return string_match(m["stringMatch"], value)
     for key, kind in (
@@ -149,18 +167,18 @@ def uri_template_regex(template: str) -> str:
 # -- permissions and principals -------------------------------------------------------------------
 
 
-def permission(p: Mapping[str, Any], req: Request) -> bool:
+def permission(p: Mapping[str, Any], req: Request, neg: bool = False) -> bool:
     s = req.subject
     if "andRules" in p:
-        return all(permission(r, req) for r in p["andRules"]["rules"])
+        return all(permission(r, req, neg) for r in p["andRules"]["rules"])
     if "orRules" in p:
-        return any(permission(r, req) for r in p["orRules"]["rules"])
+        return any(permission(r, req, neg) for r in p["orRules"]["rules"])
     if "notRule" in p:
-        return not permission(p["notRule"], req)
+        return not permission(p["notRule"], req, not neg)
     if "any" in p:
         return bool(p["any"])
     if "header" in p:
-        return header_match(p["header"], req)
+        return header_match(p["header"], req, neg)
     if "urlPath" in p:
         path = req.header(":path")
         return path is not None and string_match(p["urlPath"]["path"], path.split("?")[0])
@@ -179,14 +197,14 @@ def permission(p: Mapping[str, Any], req: Request) -> bool:
     raise ValueError(f"unsupported permission {p}")
 
 
-def principal(p: Mapping[str, Any], req: Request) -> bool:
+def principal(p: Mapping[str, Any], req: Request, neg: bool = False) -> bool:
     s = req.subject
     if "andIds" in p:
-        return all(principal(r, req) for r in p["andIds"]["ids"])
+        return all(principal(r, req, neg) for r in p["andIds"]["ids"])
     if "orIds" in p:
-        return any(principal(r, req) for r in p["orIds"]["ids"])
+        return any(principal(r, req, neg) for r in p["orIds"]["ids"])
     if "notId" in p:
-        return not principal(p["notId"], req)
+        return not principal(p["notId"], req, not neg)
     if "any" in p:
         return bool(p["any"])
     if "authenticated" in p:
@@ -201,7 +219,7 @@ def principal(p: Mapping[str, Any], req: Request) -> bool:
     if "sourceIp" in p:
         return cidr_match(p["sourceIp"], s.source_ip)
     if "header" in p:
-        return header_match(p["header"], req)
+        return header_match(p["header"], req, neg)
     if "metadata" in p:
         return metadata_match(p["metadata"], req)
     raise ValueError(f"unsupported principal {p}")
@@ -217,6 +235,7 @@ class Engine:
 
     def first_match(self, req: Request) -> str | None:
         """Envoy keeps policies in a sorted map and reports the first that matches."""
+        req = replace(req, action=self.action)
         for name in sorted(self.policies):
             pol = self.policies[name]
             if any(permission(x, req) for x in pol["permissions"]) and any(
@@ -302,6 +321,14 @@ def out_files(directory: Path, name: str) -> list[Path]:
     if single.exists():
         return [single]
     return sorted(directory.glob(f"{name}-out[0-9].yaml"))
+
+
+def golden_policies(name: str) -> str:
+    """``X-in.yaml`` without ``selector``: extauthz refuses it on ALLOW (whole-tenant policies)."""
+    docs = [d for d in yaml.safe_load_all((GOLDEN / f"{name}-in.yaml").read_text()) if d]
+    for doc in docs:
+        (doc.get("spec") or {}).pop("selector", None)
+    return yaml.safe_dump_all(docs, sort_keys=False)
 
 
 def strings_in(value: Any) -> Iterable[str]:

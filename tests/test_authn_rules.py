@@ -172,3 +172,41 @@ def test_invalid_rules_name_the_field(rules: Any, field: str, words: str) -> Non
     assert error.location is not None
     assert error.location.source == "tenant.yaml"
     assert error.location.line > 0
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["x-extauthz-tenant", "X-Extauthz-Principal", "x-extauthz-request-principal",
+     "X-Forwarded-Client-Cert", "host", "Authorization"],
+)  # fmt: skip
+def test_claim_cannot_overwrite_identity_or_token_headers(header: str) -> None:
+    """outputClaimToHeaders/outputPayloadToHeader refuse identity, host and token headers."""
+    claim = error_of([rule(outputClaimToHeaders=[{"header": header, "claim": "sub"}])])
+    assert "outputClaimToHeaders[0].header" in str(claim)
+    payload = error_of([rule(outputPayloadToHeader=header)])
+    assert "outputPayloadToHeader" in str(payload)
+
+
+def test_claim_cannot_overwrite_pseudo_headers() -> None:
+    """A pseudo-header (:authority, :path) is not a header a claim can be written to."""
+    for header in (":authority", ":path"):
+        assert "outputClaimToHeaders[0].header" in str(
+            error_of([rule(outputClaimToHeaders=[{"header": header, "claim": "sub"}])])
+        )
+
+
+def test_claim_cannot_overwrite_the_rules_token_header() -> None:
+    """A claim can't be written to the header this rule reads its token from."""
+    located = {"fromHeaders": [{"name": "X-Token"}]}
+    err = error_of([rule(**located, outputClaimToHeaders=[{"header": "x-token", "claim": "s"}])])
+    assert "where this rule reads its token" in str(err)
+    (parsed,) = parse([rule(**located, outputPayloadToHeader="authorization")])
+    assert parsed.output_payload_to_header == "authorization"
+
+
+def test_identity_prefix_covers_the_pipeline_headers() -> None:
+    """Every header the pipeline sets as identity is refused as a claim output header."""
+    from extauthz.pipeline import OWN_HEADERS
+
+    for header in OWN_HEADERS:
+        assert "identity" in str(error_of([rule(outputPayloadToHeader=header)]))

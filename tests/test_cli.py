@@ -50,6 +50,14 @@ def test_validate_examples() -> None:
             8,
             "spec.rules[0].from[0].source.principalz",
         ),
+        ("  selector: {matchLabels: {app: web}}\n  rules:\n  - {}", 5, "spec.selector"),
+        ("  targetRefs: []\n  action: ALLOW", 5, "spec.targetRefs"),
+        (
+            "  action: DENY\n  rules:\n  - when:\n"
+            "    - key: experimental.envoy.filters.a.b[c]\n      values: [x]",
+            8,
+            "spec.rules[0].when[0].key",
+        ),
     ],
 )
 def test_validate_names_file_line_and_field(
@@ -73,13 +81,27 @@ def test_validate_reports_tenant_conflicts(tmp_path: Path) -> None:
 
 
 def test_validate_warns_on_selector(tmp_path: Path) -> None:
-    """A workload selector can't be honoured by ext_authz: said out loud, not dropped silently."""
-    spec = "  selector: {matchLabels: {app: web}}\n  rules:\n  - {}"
+    """A DENY's workload selector can't be honoured by ext_authz: said out loud, not dropped."""
+    spec = "  selector: {matchLabels: {app: web}}\n  action: DENY\n  rules:\n  - {}"
     (tmp_path / "p.yaml").write_text(policy_yaml("p", "shop", spec))
     out = run("policy", "validate", str(tmp_path))
     assert out.returncode == 0
     assert "warning:" in out.stderr
     assert "selector" in out.stderr
+
+
+def test_validate_warns_on_sni_condition(tmp_path: Path) -> None:
+    """A DENY on connection.sni validates, with a warning naming file:line:field and the fix."""
+    spec = (
+        "  action: DENY\n  rules:\n  - when:\n"
+        "    - key: connection.sni\n      values: [evil.test]"
+    )
+    path = tmp_path / "p.yaml"
+    path.write_text(policy_yaml("p", "shop", spec))
+    out = run("policy", "validate", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert f"{path}:8: spec.rules[0].when[0].key: connection.sni" in out.stderr
+    assert "include_tls_session" in out.stderr
 
 
 def test_check_json_explains(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from extauthz.envoyconfig import (
     build_bootstrap,
     render,
 )
+from extauthz.pathnorm import PathNormalization
 from tests.pki import TestCA
 
 TLS = TlsFiles(Path("/pki/ca.pem"), Path("/pki/cert.pem"), Path("/pki/key.pem"))
@@ -289,6 +290,36 @@ def test_cli_requires_upstream(capsys: pytest.CaptureFixture[str]) -> None:
     """There is no default upstream."""
     assert main(["envoy-config"]) == 2
     assert "--upstream" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("mode", "merge", "action"),
+    [
+        (PathNormalization.NONE, False, "KEEP_UNCHANGED"),
+        (PathNormalization.BASE, False, "KEEP_UNCHANGED"),
+        (PathNormalization.MERGE_SLASHES, True, "KEEP_UNCHANGED"),
+        (PathNormalization.DECODE_AND_MERGE_SLASHES, True, "UNESCAPE_AND_FORWARD"),
+    ],
+)
+def test_path_normalization_as_istio_sets_it(
+    mode: PathNormalization, merge: bool, action: str
+) -> None:
+    """Each pathNormalization mode sets normalize_path, merge_slashes, the escaped-slash action."""
+    manager = hcm(options(path_normalization=mode))
+    assert manager.normalize_path == (mode is not PathNormalization.NONE)
+    assert manager.merge_slashes is merge
+    assert manager.path_with_escaped_slashes_action.name == action
+
+
+def test_cli_path_normalization_and_tls_session(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--path-normalization`` and ``--include-tls-session`` reach the bootstrap."""
+    argv = ["envoy-config", "--upstream", "127.0.0.1:8080", "--format", "json"]
+    assert main([*argv, "--path-normalization", "MERGE_SLASHES", "--include-tls-session"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = options(path_normalization=PathNormalization.MERGE_SLASHES, include_tls_session=True)
+    assert printed == json.loads(render(expected, "json"))
+    assert ext_authz(expected).include_tls_session is True
+    assert ext_authz(options()).include_tls_session is False
 
 
 @pytest.mark.envoy

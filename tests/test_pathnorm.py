@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from extauthz.pathnorm import PathNormalization as M
@@ -24,7 +26,20 @@ from extauthz.pathnorm import normalize_path
         ("//a//b", M.MERGE_SLASHES, "/a/b"),
         ("/a%2Fb", M.MERGE_SLASHES, "/a%2Fb"),
         ("/a%2Fb%2f..%2fc", M.DECODE_AND_MERGE_SLASHES, "/a/c"),
-        ("/a%5Cb", M.DECODE_AND_MERGE_SLASHES, "/a\\b"),
+        ("/a%5Cb", M.DECODE_AND_MERGE_SLASHES, "/a/b"),
+        ("/a%5Cb", M.BASE, "/a%5Cb"),
+        ("/a\\..\\b", M.BASE, "/b"),
+        ("/%41%62%7e%2D%5f%30", M.BASE, "/Ab~-_0"),
+        ("/a%2fb/%c0%AF", M.BASE, "/a%2fb/%c0%AF"),
+        ("/a%21%3a%zz%2", M.BASE, "/a%21%3a%zz%2"),
+        ("/a b|c^d", M.BASE, "/a%20b%7Cc%5Ed"),
+        ("/\u00e9", M.BASE, "/%C3%A9"),
+        ("/xyz%30..//abc", M.MERGE_SLASHES, "/xyz0../abc"),
+        ("/app//../admin", M.MERGE_SLASHES, "/app/admin"),
+        ("/%5Capp%2f%5c%2F%2e%2e%2fadmin%5c\\abc", M.DECODE_AND_MERGE_SLASHES, "/app/admin/abc"),
+        ("/%c0%2e%c0%2e/admin", M.DECODE_AND_MERGE_SLASHES, "/%c0.%c0./admin"),
+        ("a/../../b", M.BASE, "/b"),
+        ("", M.BASE, ""),
     ],
 )
 def test_modes(raw: str, mode: M, want: str) -> None:
@@ -32,14 +47,27 @@ def test_modes(raw: str, mode: M, want: str) -> None:
     assert normalize_path(raw, mode) == want
 
 
-paths = st.text(st.sampled_from(list("/.ab%2eEfF?#")), max_size=30)
+paths = st.text(st.sampled_from(list("/.ab%2eEfF5cC\\?# |")), max_size=30)
+_BAD_PERCENT = re.compile("%(?![0-9A-Fa-f]{2})")
 
 
 @given(paths, st.sampled_from(list(M)))
 def test_idempotent(raw: str, mode: M) -> None:
-    """Normalizing a normalized path changes nothing (Envoy already did it once)."""
+    """Normalizing a normalized path changes nothing when every '%' starts an escape."""
+    assume(not _BAD_PERCENT.search(raw))
     once = normalize_path(raw, mode)
     assert normalize_path(once, mode) == once
+
+
+@given(st.text(max_size=40), st.sampled_from(list(M)))
+def test_never_raises_and_stays_under_root(raw: str, mode: M) -> None:
+    """Any text (controls, surrogates, '%' junk) normalizes without error and stays under '/'."""
+    out = normalize_path(raw, mode)
+    if mode is not M.NONE and out:
+        assert out.startswith("/")
+        assert "/../" not in out + "/"
+        assert "?" not in out
+        assert "#" not in out
 
 
 @given(paths)

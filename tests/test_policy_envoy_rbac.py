@@ -42,7 +42,7 @@ from extauthz.model import Subject
 from extauthz.policy import CompiledPolicies, compile_policies, evaluate
 from tests.helpers import Issuer, envoy_binary, envoy_ready, free_port, stop_process, wait_for
 from tests.pki import Issued, TestCA
-from tests.rbac_reference import GOLDEN, TRUST_DOMAINS, out_files, strings_in
+from tests.rbac_reference import GOLDEN, TRUST_DOMAINS, golden_policies, out_files, strings_in
 
 pytestmark = pytest.mark.envoy
 
@@ -94,7 +94,7 @@ class Case:
 
 
 def _case(name: str) -> Case:
-    text = (GOLDEN / f"{name}-in.yaml").read_text()
+    text = golden_policies(name)
     docs = load_documents(text, f"{name}-in.yaml")
     compiled = compile_policies(docs, trust_domains=TRUST_DOMAINS.get(name, ()))
     filters = [yaml.safe_load(p.read_text()) for p in out_files(GOLDEN, name)]

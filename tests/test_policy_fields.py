@@ -403,9 +403,10 @@ def test_field_matches_and_near_miss(rule: dict[str, Any], hit: dict, miss: dict
 
 
 def test_experimental_values_never_match() -> None:
-    """experimental.envoy.filters.* values never match: we never hold that filter metadata."""
+    """experimental.envoy.filters.* values never match in an ALLOW, and a warning says so."""
     compiled = allow_rule(when("experimental.envoy.filters.a.b[c]", ["*"]))
     assert not evaluate(compiled, Subject(principal=P)).allowed
+    assert any("ALLOW rule never matches" in w for w in compiled.warnings)
 
 
 def test_extra_space_delimited_claims() -> None:
@@ -584,14 +585,26 @@ def test_shadow_allow_engine_not_reached_after_enforced_deny() -> None:
 # -- warnings, drops and errors ------------------------------------------------------------
 
 
-def test_selector_is_a_warning_and_applies_to_the_tenant() -> None:
-    """selector is not evaluable: a warning with file:line and field; the policy still applies."""
-    text = doc({"selector": {"matchLabels": {"app": "x"}}, "rules": [op(methods=["GET"])]})
-    compiled = build(text)
+def test_selector_on_deny_is_a_warning_and_applies_to_the_tenant() -> None:
+    """DENY selector is not evaluable: a warning with file:line and field; it denies tenant-wide."""
+    spec = {"selector": {"matchLabels": {"app": "x"}}, "action": "DENY"}
+    compiled = build(doc({**spec, "rules": [op(methods=["PUT"])]}))
     assert len(compiled.warnings) == 1
     assert compiled.warnings[0].startswith("p0.yaml:7: spec.selector:")
     assert not evaluate(compiled, Subject(method="PUT")).allowed
-    assert any("spec.targetRefs" in w for w in build(doc({"targetRefs": []})).warnings)
+    audit = doc({"targetRefs": [], "action": "AUDIT"})
+    assert any("spec.targetRefs" in w for w in build(audit).warnings)
+
+
+@pytest.mark.parametrize(
+    "key", ["selector", "targetRef", "targetRefs"]
+)  # fmt: skip
+def test_selector_or_target_on_allow_is_refused(key: str) -> None:
+    """An ALLOW scoped to one workload would open it to the whole tenant: refused, with field."""
+    with pytest.raises(DocumentError) as info:
+        build(doc({key: {"matchLabels": {"app": "x"}}, "action": "ALLOW", "rules": [{}]}))
+    assert f"spec.{key}:" in str(info.value)
+    assert str(info.value).startswith("p0.yaml:")
 
 
 def test_invalid_port_in_allow_drops_the_rule() -> None:
@@ -738,3 +751,107 @@ def test_explain_reports_dropped_rules_and_empty_policies() -> None:
     text = explain(compiled, Subject()).render()
     assert "dropped: spec.rules[0].to[0].operation.ports[0]" in text
     assert "no rules: matches nothing" in text
+
+
+# -- conditions the Check cannot supply --------------------------------------------------------
+
+
+def test_experimental_condition_in_deny_is_refused() -> None:
+    """A DENY on other filters' metadata would never fire: refused at validation, with field."""
+    rule = when("experimental.envoy.filters.a.b[c]", ["x"])
+    for dry in (None, {"istio.io/dry-run": "true"}):
+        with pytest.raises(DocumentError) as info:
+            build(doc({"action": "DENY", "rules": [rule]}, annotations=dry))
+        assert "spec.rules[0].when[0].key:" in str(info.value)
+
+
+@pytest.mark.parametrize("cond", [when("connection.sni", ["evil.test"]),
+                                  when("connection.sni", not_values=["good.test"])])  # fmt: skip
+def test_deny_on_unknown_sni_fails_closed(cond: dict[str, Any]) -> None:
+    """A DENY on connection.sni denies a Check without an SNI (no TLS session sent)."""
+    compiled = build(doc({"action": "DENY", "rules": [cond]}))
+    for sni in (None, ""):
+        result = evaluate(compiled, Subject(sni=sni))
+        assert (result.allowed, result.reason) == (False, Reason.POLICY_DENIED)
+        assert not explain(compiled, Subject(sni=sni)).result.allowed
+    assert any("include_tls_session" in w for w in compiled.warnings)
+
+
+def test_deny_on_known_sni_is_decided_as_written() -> None:
+    """With the TLS session sent, a DENY on connection.sni denies only the named SNI."""
+    compiled = build(doc({"action": "DENY", "rules": [when("connection.sni", ["evil.test"])]}))
+    assert not evaluate(compiled, Subject(sni="evil.test")).allowed
+    assert evaluate(compiled, Subject(sni="good.test")).allowed
+    negated = build(doc({"action": "DENY", "rules": [when("connection.sni", None, ["ok.test"])]}))
+    assert evaluate(negated, Subject(sni="ok.test")).allowed
+    assert not evaluate(negated, Subject(sni="other.test")).allowed
+
+
+def test_allow_on_unknown_sni_never_allows() -> None:
+    """An ALLOW on connection.sni, values or notValues, never allows a Check without an SNI."""
+    for cond in (when("connection.sni", ["*"]), when("connection.sni", None, ["evil.test"])):
+        compiled = allow_rule(cond)
+        assert not evaluate(compiled, Subject()).allowed
+        assert not explain(compiled, Subject()).result.allowed
+    compiled = allow_rule(when("connection.sni", None, ["evil.test"]))
+    assert evaluate(compiled, Subject(sni="good.test")).allowed
+    assert not evaluate(compiled, Subject(sni="evil.test")).allowed
+
+
+# -- repeated headers: the two readings ----------------------------------------------------------
+
+
+def _deny(cond: dict[str, Any]) -> CompiledPolicies:
+    return build(doc({"action": "DENY", "rules": [cond]}))
+
+
+@pytest.mark.parametrize("value", ["1,0", "0,1", "0,1,2", "1,1"])
+def test_deny_on_header_matches_any_repeated_value(value: str) -> None:
+    """A DENY on x-block: 1 denies a request that repeats x-block with 1 among the values."""
+    compiled = _deny(when("request.headers[x-block]", ["1"]))
+    subject = Subject(headers={"x-block": value})
+    assert not evaluate(compiled, subject).allowed
+    assert not explain(compiled, subject).result.allowed
+
+
+def test_deny_on_header_keeps_the_whole_reading() -> None:
+    """A DENY on a value with a comma still matches the value sent whole."""
+    compiled = _deny(when("request.headers[x-a]", ["a,b"]))
+    assert not evaluate(compiled, Subject(headers={"x-a": "a,b"})).allowed
+    assert evaluate(compiled, Subject(headers={"x-a": "a"})).allowed
+
+
+def test_split_reading_keeps_whitespace() -> None:
+    """Envoy joins raw values with ',' and no space: ' 1' after a comma is not the value '1'."""
+    compiled = _deny(when("request.headers[x-block]", ["1"]))
+    assert evaluate(compiled, Subject(headers={"x-block": "0, 1"})).allowed
+    assert not evaluate(compiled, Subject(headers={"x-block": "0,1"})).allowed
+    prefix = _deny(when("request.headers[x-block]", ["1*"]))
+    assert not evaluate(prefix, Subject(headers={"x-block": "0,1x"})).allowed
+
+
+def test_deny_not_values_hold_if_either_reading_holds() -> None:
+    """DENY notValues [ok]: 'ok,evil' is denied (whole reading is not ok); 'ok' alone is not."""
+    compiled = _deny(when("request.headers[x-a]", None, ["ok"]))
+    for value, allowed in (("ok", True), ("ok,evil", False), ("evil", False), ("ok,ok", False)):
+        subject = Subject(headers={"x-a": value})
+        assert evaluate(compiled, subject).allowed is allowed, value
+        assert explain(compiled, subject).result.allowed is allowed, value
+
+
+def test_allow_values_match_either_reading() -> None:
+    """ALLOW values [1]: '0,1' and '1' allow (the client could send either form)."""
+    compiled = allow_rule(when("request.headers[x-a]", ["1"]))
+    for value, allowed in (("0,1", True), ("1", True), ("0,2", False), ("10,0", False)):
+        subject = Subject(headers={"x-a": value})
+        assert evaluate(compiled, subject).allowed is allowed, value
+        assert explain(compiled, subject).result.allowed is allowed, value
+
+
+def test_allow_not_values_hold_only_if_both_readings_hold() -> None:
+    """ALLOW notValues [bad]: '0,bad' does not allow; 'bad,x' neither; 'a,b' does."""
+    compiled = allow_rule(when("request.headers[x-a]", None, ["bad"]))
+    for value, allowed in (("0,bad", False), ("bad,x", False), ("a,b", True), ("ok", True)):
+        subject = Subject(headers={"x-a": value})
+        assert evaluate(compiled, subject).allowed is allowed, value
+        assert explain(compiled, subject).result.allowed is allowed, value

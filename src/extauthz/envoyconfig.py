@@ -12,6 +12,14 @@ Differences from what istiod generates for ``envoyExtAuthzGrpc`` (``failOpen: fa
 shadow-RBAC ``filter_enabled_metadata`` (every request is checked, as a CUSTOM policy with one
 empty rule would do); a short gRPC timeout (Istio's default is 600s); the peer certificate is
 included in the CheckRequest; the listener uses files for its certificates instead of SDS.
+``include_tls_session`` (off by default, as in Istio's provider, which has no such option) adds
+the TLS session (SNI) to the Check, without which a ``connection.sni`` condition can't be
+evaluated.
+
+The path is normalized as istiod configures it for ``meshConfig.pathNormalization``:
+``NONE`` ``normalize_path: false``; ``BASE`` ``normalize_path: true``; ``MERGE_SLASHES`` also
+``merge_slashes: true``; ``DECODE_AND_MERGE_SLASHES`` also ``path_with_escaped_slashes_action:
+UNESCAPE_AND_FORWARD``; every other mode ``KEEP_UNCHANGED``.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
     HttpConnectionManagerForwardClientCertDetails,
+    HttpConnectionManagerPathWithEscapedSlashesAction,
     HttpConnectionManagerSetCurrentClientCertDetails,
     HttpFilter,
 )
@@ -73,6 +82,8 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 )
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMessage
+
+from extauthz.pathnorm import PathNormalization
 
 __all__ = [
     "EXTAUTHZ_CLUSTER",
@@ -154,6 +165,8 @@ class EnvoyOptions:
     timeout: float = 0.5
     with_request_body: int | None = None  # max bytes buffered for the Check; None: off
     xfcc: XfccMode | None = None
+    path_normalization: PathNormalization = PathNormalization.BASE
+    include_tls_session: bool = False  # send the TLS session (SNI) in the Check
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -215,6 +228,7 @@ def ext_authz_filter(options: EnvoyOptions) -> ExtAuthz:
         status_on_error=HttpStatus(code=StatusCode.Forbidden),
         with_request_body=body,
         include_peer_certificate=True,
+        include_tls_session=options.include_tls_session,
     )
 
 
@@ -232,8 +246,7 @@ def _http_connection_manager(options: EnvoyOptions) -> HttpConnectionManager:
     return HttpConnectionManager(
         stat_prefix="inbound",
         codec_type=HttpConnectionManagerCodecType.AUTO,
-        # Istio's default meshConfig pathNormalization (BASE): RFC 3986 normalization.
-        normalize_path=True,
+        **_path_normalization(options.path_normalization),
         route_config=RouteConfiguration(
             name="inbound",
             virtual_hosts=[
@@ -257,6 +270,20 @@ def _http_connection_manager(options: EnvoyOptions) -> HttpConnectionManager:
         ],
         **xfcc,
     )
+
+
+def _path_normalization(mode: PathNormalization) -> dict[str, Any]:
+    """The connection manager's path settings istiod writes for ``meshConfig.pathNormalization``."""
+    unescape = mode is PathNormalization.DECODE_AND_MERGE_SLASHES
+    return {
+        "normalize_path": mode is not PathNormalization.NONE,
+        "merge_slashes": unescape or mode is PathNormalization.MERGE_SLASHES,
+        "path_with_escaped_slashes_action": (
+            HttpConnectionManagerPathWithEscapedSlashesAction.UNESCAPE_AND_FORWARD
+            if unescape
+            else HttpConnectionManagerPathWithEscapedSlashesAction.KEEP_UNCHANGED
+        ),
+    }
 
 
 def _downstream_tls(tls: TlsFiles) -> TransportSocket:

@@ -41,6 +41,10 @@ _FIELDS: Final = frozenset(
 )
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _RESERVED_HEADERS: Final = frozenset({"host", "authority", "content-length", "transfer-encoding"})
+# Headers a token's claims must never write: the identity headers extauthz sets itself (the
+# pipeline's OWN_HEADERS, all under this prefix) and the peer identity Envoy forwards.
+_IDENTITY_PREFIX: Final = "x-extauthz-"
+_IDENTITY_HEADERS: Final = frozenset({"x-forwarded-client-cert"})
 _DURATION: Final = re.compile(r"(?:(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns))+")
 _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
 _UNITS: Final[Mapping[str, float]] = {
@@ -137,9 +141,12 @@ class _Parser:
         forward = item.get("forwardOriginalToken", False)
         if not isinstance(forward, bool):
             raise self._fail("must be true or false", "forwardOriginalToken")
+        token_headers = frozenset(loc.name for loc in locations if loc.kind == "header")
         payload_header = item.get("outputPayloadToHeader")
         if payload_header is not None:
-            payload_header = self._header_name(payload_header, "outputPayloadToHeader")
+            payload_header = self._output_header(
+                payload_header, token_headers, "outputPayloadToHeader"
+            )
         return JwtRule(
             issuer=issuer,
             audiences=frozenset(self._strings(item, "audiences")),
@@ -148,7 +155,7 @@ class _Parser:
             locations=locations,
             forward_original_token=forward,
             output_payload_to_header=payload_header,
-            output_claim_to_headers=self._claim_headers(item),
+            output_claim_to_headers=self._claim_headers(item, token_headers),
             space_delimited_claims=frozenset(self._strings(item, "spaceDelimitedClaims")),
             timeout=self._timeout(item.get("timeout")),
         )
@@ -201,7 +208,9 @@ class _Parser:
             return DEFAULT_LOCATIONS
         return tuple(dict.fromkeys(found))
 
-    def _claim_headers(self, item: Mapping[str, Any]) -> tuple[ClaimToHeader, ...]:
+    def _claim_headers(
+        self, item: Mapping[str, Any], token_headers: frozenset[str]
+    ) -> tuple[ClaimToHeader, ...]:
         entries = item.get("outputClaimToHeaders")
         if entries is None:
             return ()
@@ -214,7 +223,9 @@ class _Parser:
             for key in entry:
                 if key not in ("header", "claim"):
                     raise self._fail(f"unknown field {key!r}", "outputClaimToHeaders", i, key)
-            header = self._header_name(entry.get("header"), "outputClaimToHeaders", i, "header")
+            header = self._output_header(
+                entry.get("header"), token_headers, "outputClaimToHeaders", i, "header"
+            )
             claim = entry.get("claim")
             if not isinstance(claim, str) or not claim:
                 raise self._fail("claim must be a non-empty string", "outputClaimToHeaders", i,
@@ -228,6 +239,19 @@ class _Parser:
         name = value.lower()
         if name in _RESERVED_HEADERS:
             raise self._fail(f"header {name!r} cannot be used here", *sub)
+        return name
+
+    def _output_header(self, value: Any, token_headers: frozenset[str], *sub: str | int) -> str:
+        """A header a claim may be written to: not an identity header, not a token's source."""
+        name = self._header_name(value, *sub)
+        if name.startswith(_IDENTITY_PREFIX) or name in _IDENTITY_HEADERS:
+            raise self._fail(
+                f"header {name!r} carries the identity extauthz and Envoy establish; "
+                "a token claim cannot overwrite it",
+                *sub,
+            )
+        if name in token_headers:
+            raise self._fail(f"header {name!r} is where this rule reads its token from", *sub)
         return name
 
     def _strings(self, item: Mapping[str, Any], field: str) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from extauthz.cli import _env
 from extauthz.envoyconfig import DEFAULT_BODY_BYTES, EnvoyOptions, HostPort, TlsFiles, XfccMode
+from extauthz.pathnorm import PathNormalization
 
 _add = functools.partial(_env.add, scope="envoy")
 
@@ -49,6 +50,20 @@ def register(sub: Any) -> None:
         help="gateway: forward the client's certificate URI in x-forwarded-client-cert "
         f"({XfccMode.SANITIZE_SET.value} when no mode is given; needs --tls-*)",
     )
+    # The same variable as serve's flag: Envoy and extauthz must normalize paths alike.
+    _env.add(
+        p,
+        "--path-normalization",
+        default="BASE",
+        choices=[m.value for m in PathNormalization],
+        help="what Envoy does to the path before the Check, as Istio's meshConfig",
+    )
+    _add(
+        p,
+        "--include-tls-session",
+        action="store_true",
+        help="send the TLS session (SNI) in the Check; connection.sni conditions need it",
+    )
     _add(p, "--admin-port", default="9901", help="admin port (bound to 127.0.0.1)")
     _add(p, "--format", default="yaml", choices=["yaml", "json"], help="output format")
     p.set_defaults(func=run)
@@ -75,6 +90,8 @@ def options_from(args: argparse.Namespace) -> EnvoyOptions:
         timeout=float(args.timeout),
         with_request_body=int(args.with_request_body) if args.with_request_body else None,
         xfcc=XfccMode(args.xfcc) if args.xfcc else None,
+        path_normalization=PathNormalization(args.path_normalization),
+        include_tls_session=bool(args.include_tls_session),
     )
 
 

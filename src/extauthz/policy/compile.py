@@ -42,6 +42,7 @@ from extauthz.policy.spiffe import (
 __all__ = ["Check", "CompiledPolicies", "CompiledPolicy", "CompiledRule", "compile_policies"]
 
 ALWAYS_SPACE_DELIMITED: Final = ("scope", "permission")
+_EXPERIMENTAL: Final = "experimental.envoy.filters."
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +223,7 @@ class _RuleCompiler:
         values: tuple[tuple[str, ...], tuple[str, ...]],
         validate: Validate | None,
         build: Build,
+        build_not: Build | None = None,
     ) -> list[Check]:
         checks: list[Check] = []
         for name, vals, negate in ((names[0], values[0], False), (names[1], values[1], True)):
@@ -238,8 +240,13 @@ class _RuleCompiler:
                     continue
                 good.append(v)
             if good:
-                fn = build(good)
-                checks.append(Check(f"{label}.{name}", _negate(fn) if negate else fn))
+                if not negate:
+                    fn = build(good)
+                elif build_not is not None:
+                    fn = build_not(good)
+                else:
+                    fn = _negate(build(good))
+                checks.append(Check(f"{label}.{name}", fn))
         return checks
 
     def _source(self, j: int, entry: Mapping[str, tuple[str, ...]]) -> list[Check]:
@@ -286,15 +293,44 @@ class _RuleCompiler:
         label = f"when[{j}]"
         path = (*self.base, "when", j)
         key = cond.key
+        if key.startswith(_EXPERIMENTAL) and self.spec.action == "DENY":
+            raise self.doc.error(
+                f"condition {key!r} cannot be evaluated by an external authorizer (it never "
+                "sees other filters' metadata), so this DENY rule would never fire; "
+                "remove the condition or the rule",
+                (*path, "key"),
+            )
         try:
-            validate, build = _condition_kind(key, self.doc.namespace, self._principals)
+            validate, build, build_not = _condition_kind(
+                key, self.doc.namespace, self._principals, self.spec.action == "ALLOW"
+            )
         except _Bad as exc:
             self._bad((*path, "key"), str(exc), "condition")
             if self.spec.action != "ALLOW":
                 return []  # the condition is dropped
             return [Check(f"{label}.key", _never)]
         vals = (cond.values, cond.not_values)
-        return self._pair(label, path, ("values", "notValues"), vals, validate, build)
+        if key == "connection.sni":
+            self._warn_sni((*path, "key"))
+        elif key.startswith(_EXPERIMENTAL):
+            where = f"{self.doc.location((*path, 'key'))}: {field_name((*path, 'key'))}"
+            self.warnings.append(
+                f"{where}: {key} cannot be evaluated by an external authorizer; "
+                f"this {self.spec.action} rule never matches"
+            )
+        names = ("values", "notValues")
+        return self._pair(label, path, names, vals, validate, build, build_not)
+
+    def _warn_sni(self, path: Path) -> None:
+        where = f"{self.doc.location(path)}: {field_name(path)}"
+        if self.spec.action == "ALLOW":
+            effect = "this condition fails (the rule does not allow)"
+        else:
+            effect = f"this condition matches (the {self.spec.action} rule applies)"
+        self.warnings.append(
+            f"{where}: connection.sni is only known when Envoy sends the TLS session "
+            f"(include_tls_session); a Check without an SNI cannot be evaluated and {effect}"
+        )
 
 
 # -- the kinds of values ---------------------------------------------------------------------
@@ -386,29 +422,71 @@ def _ports(values: list[str]) -> Matcher:
     return on_port
 
 
-def _sni(values: list[str]) -> Matcher:
-    matcher = StringSet.istio(values, star="nonempty").test
+def _sni(unknown: bool, negate: bool) -> Build:
+    """``connection.sni``: decided as written when the Check carries an SNI.
 
-    def sni(ctx: Ctx) -> bool:
-        value = ctx.subject.sni
-        return value is not None and matcher(value)
+    Without one (Istio's ext_authz provider sends no TLS session by default) the condition
+    cannot be evaluated: it answers ``unknown``, the answer on the safe side for the action
+    (False in ALLOW, True in DENY and AUDIT), for ``values`` and ``notValues`` alike.
+    """
 
-    return sni
+    def build(values: list[str]) -> Matcher:
+        matcher = StringSet.istio(values, star="nonempty").test
+
+        def sni(ctx: Ctx) -> bool:
+            value = ctx.subject.sni
+            if not value:
+                return unknown
+            return matcher(value) is not negate
+
+        return sni
+
+    return build
 
 
-def _header(name: str) -> Build:
+def _header(name: str, allow: bool) -> tuple[Build, Build]:
+    """``request.headers[name]`` for ``values`` and ``notValues``, with the two readings.
+
+    Envoy joins a repeated header with ``,`` (no space) in the Check; its RBAC matches when any
+    one of the values does. A value with a comma is read whole and split at ``,``: ``values``
+    match if either reading does; ``notValues`` hold, in an ALLOW, only if both readings hold,
+    and in a DENY or AUDIT if either does (see docs/semantics.md, "Repeated headers").
+    """
     lowered = name.lower()
 
     def build(values: list[str]) -> Matcher:
-        matcher = StringSet.istio(values, star="present").test
+        test = StringSet.istio(values, star="present").test
 
-        def header(ctx: Ctx) -> bool:
+        def header(ctx: Ctx) -> bool:  # the whole value or a part matches
             value = ctx.subject.headers.get(lowered)
-            return value is not None and matcher(value)
+            if value is None:
+                return False
+            if test(value):
+                return True
+            return "," in value and any(map(test, value.split(",")))
 
         return header
 
-    return build
+    def build_not(values: list[str]) -> Matcher:
+        test = StringSet.istio(values, star="present").test
+
+        def not_header_allow(ctx: Ctx) -> bool:  # neither the whole value nor a part matches
+            value = ctx.subject.headers.get(lowered)
+            if value is None:
+                return True
+            if test(value):
+                return False
+            return "," not in value or not any(map(test, value.split(",")))
+
+        def not_header_deny(ctx: Ctx) -> bool:  # the whole value, or every part, misses
+            value = ctx.subject.headers.get(lowered)
+            if value is None or not test(value):
+                return True
+            return "," in value and not any(map(test, value.split(",")))
+
+        return not_header_allow if allow else not_header_deny
+
+    return build, build_not
 
 
 def _claim(path: tuple[str, ...]) -> Build:
@@ -468,7 +546,22 @@ def _bracketed(rest: str, key: str) -> list[str]:
     return names
 
 
-def _condition_kind(key: str, namespace: str, principals: Build) -> tuple[Validate | None, Build]:
+Kind = tuple[Validate | None, Build, Build | None]  # validate, values, notValues (None: negate)
+
+
+def _condition_kind(key: str, namespace: str, principals: Build, allow: bool) -> Kind:
+    if key == "connection.sni":
+        return None, _sni(not allow, False), _sni(not allow, True)
+    if key.startswith("request.headers"):
+        names = _bracketed(key[len("request.headers") :], key)
+        if len(names) != 1:
+            raise _Bad(f"invalid key {key!r}: expected request.headers[<NAME>]")
+        return None, *_header(names[0], allow)
+    validate, build = _plain_kind(key, namespace, principals)
+    return validate, build, None
+
+
+def _plain_kind(key: str, namespace: str, principals: Build) -> tuple[Validate | None, Build]:
     if key == "source.ip":
         return parse_cidr, _ip(lambda c: c.subject.source_ip)
     if key == "remote.ip":
@@ -477,8 +570,6 @@ def _condition_kind(key: str, namespace: str, principals: Build) -> tuple[Valida
         return parse_cidr, _ip(lambda c: c.subject.destination_ip)
     if key == "destination.port":
         return parse_port, _ports
-    if key == "connection.sni":
-        return None, _sni
     if key == "source.namespace":
         return None, _on_principal(namespace_set)
     if key == "source.principal":
@@ -491,17 +582,14 @@ def _condition_kind(key: str, namespace: str, principals: Build) -> tuple[Valida
         return None, _claim(("aud",))
     if key == "request.auth.presenter":
         return None, _claim(("azp",))
-    if key.startswith("request.headers"):
-        names = _bracketed(key[len("request.headers") :], key)
-        if len(names) != 1:
-            raise _Bad(f"invalid key {key!r}: expected request.headers[<NAME>]")
-        return None, _header(names[0])
     if key.startswith("request.auth.claims"):
         return None, _claim(tuple(_bracketed(key[len("request.auth.claims") :], key)))
-    if key.startswith("experimental.envoy.filters."):
+    if key.startswith(_EXPERIMENTAL):
         if "[" not in key.removeprefix("experimental.").removesuffix("]"):
             raise _Bad(f"invalid key {key!r}: expected experimental.envoy.filters.<f>[<key>]")
-        return None, lambda values: _never  # we never hold other filters' metadata
+        # We never hold other filters' metadata: in an ALLOW the rule can never match (safe);
+        # a DENY is refused before this (it would never fire); an AUDIT never reports.
+        return None, lambda values: _never
     raise _Bad(f"unknown condition key {key!r}")
 
 

@@ -1,7 +1,8 @@
 """Parse and validate the spec of an AuthorizationPolicy document into plain, typed data.
 
 Structure is checked strictly: an unknown field anywhere, a wrong type, an empty string value,
-an unknown action, ``CUSTOM`` or ``provider`` raise ``DocumentError`` naming file, line and
+an unknown action, ``CUSTOM``, ``provider``, or ``selector``/``targetRef(s)`` on an ALLOW
+policy (it would apply to the whole tenant) raise ``DocumentError`` naming file, line and
 field. Values are not interpreted here (ports, CIDRs, keys): ``compile`` does that and applies
 Istio's drop-the-rule / drop-the-value treatment to the ones it cannot use.
 """
@@ -115,6 +116,16 @@ def parse_policy(doc: Document) -> PolicySpec:
         raise doc.error(
             f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}", ("spec", "action")
         )
+    if action == "ALLOW":
+        for key in _UNEVALUABLE:
+            if key in spec:
+                raise doc.error(
+                    f"{key} cannot be evaluated by an external authorizer (it does not see "
+                    "workload labels or targets): on an ALLOW policy it would open the rules "
+                    "to every workload of the tenant; remove it, or give the workload its own "
+                    "tenant",
+                    ("spec", key),
+                )
     warnings = [
         f"{doc.location(('spec', key))}: spec.{key}: cannot be evaluated by an external "
         "authorizer (it does not see workload labels or targets); the policy applies to the "
