@@ -1,0 +1,43 @@
+"""Each fuzz harness (tests/fuzz) runs a bounded number of inputs without a finding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz.common import CORPUS
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.fuzz
+
+HARNESSES = ["check", "identity", "pathnorm", "documents", "jwt"]
+RUNS = 3000
+
+
+@pytest.mark.parametrize("name", HARNESSES)
+def test_harness_finds_nothing_in_a_short_run(name: str, tmp_path: Path) -> None:
+    """A few thousand mutated inputs from the seed corpus: no exception, no broken property."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    command = [
+        sys.executable,
+        "-m",
+        f"tests.fuzz.fuzz_{name}",
+        f"-runs={RUNS}",
+        "-max_total_time=60",
+        "-timeout=20",
+        "-seed=1",
+        f"-artifact_prefix={tmp_path}/",
+        str(corpus),
+        str(CORPUS / name),
+    ]
+    done = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert f"Done {RUNS} runs" in output, output[-4000:]
+    assert not list(tmp_path.glob("crash-*"))
