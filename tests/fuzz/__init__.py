@@ -1,1 +1,1 @@
-"""Coverage-guided fuzz harnesses (atheris); see tests/fuzz/README.md."""
+"""Coverage-guided fuzz harnesses (atheris) and their seed corpora (README: Fuzzing)."""

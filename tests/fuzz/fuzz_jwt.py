@@ -97,7 +97,9 @@ def test_one_input(data: bytes) -> None:
     except InvalidToken:
         return
     if result.request_principal is not None:
-        check(independently_valid(token), f"principal {result.request_principal} for {token!r}")
+        # the extractor trims whitespace around a token by design
+        valid = independently_valid(token.strip())
+        check(valid, f"principal {result.request_principal} for {token!r}")
 
 
 if __name__ == "__main__":
