@@ -6,6 +6,7 @@ Imports nothing of extauthz, so each harness can import it under
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,14 @@ import atheris
 FUZZ = Path(__file__).resolve().parent
 REPO = FUZZ.parent.parent
 CORPUS = FUZZ / "corpus"
+
+
+# Findings already reported, to pass over in a long run: FUZZ_KNOWN=name,name (see README).
+KNOWN = frozenset(filter(None, os.environ.get("FUZZ_KNOWN", "").split(",")))
+
+
+def known(name: str) -> bool:
+    return name in KNOWN
 
 
 class Finding(AssertionError):
