@@ -6,7 +6,21 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import REPO, RedisServer, ServerProcess, serving
+from tests.helpers import (
+    REDIS_HINT,
+    REPO,
+    RedisServer,
+    ServerProcess,
+    have_redis_server,
+    require,
+    serving,
+)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``redis`` skip without redis-server (and fail for it with CI=true)."""
+    if item.get_closest_marker("redis") is not None:
+        require(have_redis_server(), REDIS_HINT)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from typing import Any, Final
 import yaml
 
 from extauthz.model import Subject
+from tests.helpers import require
 
 _ABSENT = object()
 # Envoy uri_template: the characters a literal may hold ("*" excluded).
@@ -35,6 +36,17 @@ _URI_LITERAL = r"a-zA-Z0-9\-._~%!$&'()+,;:@="
 
 # Istio's golden data lives in the shared folder beside the checkout (../shared).
 GOLDEN: Final = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "istio-authz" / "http"
+GOLDEN_HINT: Final = (
+    f"Istio's golden RBAC data is not in {GOLDEN}: copy pilot/pkg/security/authz/builder/"
+    "testdata/http/ of github.com/istio/istio (commit 86c9f01fd735fb01d8192f5bcaf0d424afb7f14c)"
+    " to ../shared/testdata/istio-authz/http beside the checkout"
+)
+
+
+def require_golden() -> None:
+    """Skip the calling test module without the golden data (fail it with CI=true)."""
+    require(any(GOLDEN.glob("*-in.yaml")), GOLDEN_HINT, module=True)
+
 
 # The trust-domain bundles of Istio's builder_test.go (TestGenerator_GenerateHTTP).
 TRUST_DOMAINS: Final[dict[str, tuple[str, ...]]] = {

@@ -739,18 +739,31 @@ def test_gateway_replaces_client_supplied_xfcc(gateway: EnvoyProcess, pki: Pki) 
     assert reply.status == 403
 
 
+def test_gateway_client_certificate_with_a_crafted_uri_san_is_denied(
+    gateway: EnvoyProcess, pki: Pki
+) -> None:
+    """Envoy writes URI SANs unquoted: one holding ',URI=<frontend>' reads as two elements,
+    which a SANITIZE_SET gateway never writes, so it is refused rather than believed."""
+    crafted = pki.ca.client(f"{pki.batch.uri},By=spiffe://gw;URI={FRONTEND}", "crafted")
+    assert send(gateway, "/api/orders", context=pki.as_(crafted)).status == 403
+
+
 def test_append_forward_gateway_decides_on_its_own_element(
-    workdir: Path, pki: Pki, gateway_extauthz: ServerProcess, upstream: str
+    workdir: Path, pki: Pki, policies: Path, upstream: str
 ) -> None:
     """APPEND_FORWARD keeps earlier elements, but the one the gateway appended decides."""
     spoof = {"x-forwarded-client-cert": f"URI={FRONTEND}"}
-    with running_envoy(
-        workdir,
-        gateway_extauthz.address,
-        upstream,
-        tls=pki.listener,
-        xfcc=XfccMode.APPEND_FORWARD,
-    ) as envoy:
+    args = ["--policies", str(policies), "--trusted-proxy-cidr", "127.0.0.1/32"]
+    with (
+        serving([*args, "--trusted-proxy-xfcc", "APPEND_FORWARD"]) as append_extauthz,
+        running_envoy(
+            workdir,
+            append_extauthz.address,
+            upstream,
+            tls=pki.listener,
+            xfcc=XfccMode.APPEND_FORWARD,
+        ) as envoy,
+    ):
         assert send(envoy, "/api/orders", context=pki.as_(pki.batch), headers=spoof).status == 403
         got = send(envoy, "/jobs/run", context=pki.as_(pki.batch), headers=spoof)
         assert got.status == 200

@@ -113,12 +113,60 @@ CLIENT = "spiffe://cluster.local/ns/shop/sa/cart"
 XFCC = f'By={GATEWAY};Hash=abc;Subject="CN=x,O=y";URI=spiffe://other/ns/a/sa/b,By={GATEWAY};URI={CLIENT}'
 
 
-def test_xfcc_from_trusted_proxy_uses_last_element() -> None:
-    """A trusted gateway speaks for its client: the last XFCC element's URI."""
+def test_xfcc_from_append_forward_proxy_uses_last_element() -> None:
+    """An APPEND_FORWARD gateway speaks for its client: the element it appended, the last."""
     view = RequestView(source_principal=GATEWAY, headers={"x-forwarded-client-cert": XFCC})
-    peer = peer_identity(view, TrustedProxies([GATEWAY]))
+    peer = peer_identity(view, TrustedProxies([GATEWAY], xfcc="APPEND_FORWARD"))
     assert peer is not None
     assert peer.uri == CLIENT
+
+
+def test_xfcc_from_sanitize_set_proxy_is_its_one_element() -> None:
+    """A SANITIZE_SET gateway (the default) writes one element: that one is the client."""
+    header = f'By={GATEWAY};Hash=abc;Subject="CN=x,O=y";URI={CLIENT};DNS=cart.shop'
+    view = RequestView(source_principal=GATEWAY, headers={"x-forwarded-client-cert": header})
+    assert peer_identity(view, TrustedProxies([GATEWAY])) == parse_spiffe_id(CLIENT)
+
+
+ADMIN = "spiffe://cluster.local/ns/admin/sa/root"
+# What Envoy writes for client certificates whose URI SAN was crafted (values unquoted).
+FORGED = {
+    "comma": f"By={GATEWAY};Hash=abc;URI=spiffe://x/y,By={GATEWAY};Hash=def;URI={ADMIN}",
+    "semicolon": f"By={GATEWAY};Hash=abc;URI=spiffe://x/y;URI={ADMIN}",
+    "semicolon-first": f"By={GATEWAY};Hash=abc;URI={ADMIN};URI=spiffe://x/y",
+    "quoted": f'By={GATEWAY};Hash=abc;URI="{ADMIN}"',
+    "quoted-comma": f'By={GATEWAY};Hash=abc;URI="spiffe://x/y,By={GATEWAY};URI={ADMIN}"',
+}
+
+
+@pytest.mark.parametrize("header", FORGED.values(), ids=FORGED.keys())
+def test_xfcc_forged_by_a_crafted_uri_san_is_refused(header: str) -> None:
+    """A URI SAN holding ',', ';URI=' or quotes never yields another identity: an error."""
+    view = RequestView(source_principal=GATEWAY, headers={"x-forwarded-client-cert": header})
+    with pytest.raises(PeerIdentityError):
+        peer_identity(view, TrustedProxies([GATEWAY]))
+    if header != FORGED["comma"]:  # the one form APPEND_FORWARD cannot tell from a client's
+        with pytest.raises(PeerIdentityError):
+            peer_identity(view, TrustedProxies([GATEWAY], xfcc="APPEND_FORWARD"))
+
+
+@given(st.text(max_size=60), st.sampled_from(["SANITIZE_SET", "APPEND_FORWARD"]))
+@settings(max_examples=300)
+def test_xfcc_client_never_invents_an_identity(san: str, mode: str) -> None:
+    """Whatever a certificate's URI SAN holds, the identity read is that SAN or an error."""
+    header = f"By={GATEWAY};Hash=abc;URI={san}"
+    view = RequestView(source_principal=GATEWAY, headers={"x-forwarded-client-cert": header})
+    try:
+        peer = peer_identity(view, TrustedProxies([GATEWAY], xfcc=mode))
+    except PeerIdentityError:
+        return
+    assert peer is None or (mode == "APPEND_FORWARD" and "," in san) or peer.uri == san
+
+
+def test_trusted_proxies_refuse_an_unknown_xfcc_mode() -> None:
+    """Only Envoy's two modes that set the header are accepted."""
+    with pytest.raises(ValueError, match="XFCC mode"):
+        TrustedProxies([GATEWAY], xfcc="FORWARD_ONLY")
 
 
 def test_xfcc_from_untrusted_peer_is_ignored() -> None:

@@ -42,9 +42,17 @@ from extauthz.model import Subject
 from extauthz.policy import CompiledPolicies, compile_policies, evaluate
 from tests.helpers import Issuer, envoy_binary, envoy_ready, free_port, stop_process, wait_for
 from tests.pki import Issued, TestCA
-from tests.rbac_reference import GOLDEN, TRUST_DOMAINS, golden_policies, out_files, strings_in
+from tests.rbac_reference import (
+    GOLDEN,
+    TRUST_DOMAINS,
+    golden_policies,
+    out_files,
+    require_golden,
+    strings_in,
+)
 
 pytestmark = pytest.mark.envoy
+require_golden()
 
 ENVOY = envoy_binary()
 

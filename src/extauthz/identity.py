@@ -2,7 +2,17 @@
 
 Envoy reports the URI SAN of the peer certificate as ``attributes.source.principal``. When
 the direct peer is a trusted proxy (an ingress gateway that terminated the client's mTLS),
-the identity of the original client is the last element of ``x-forwarded-client-cert``.
+the identity of the original client is in the element of ``x-forwarded-client-cert`` that
+the proxy wrote: the only one (``SANITIZE_SET``, the default) or the last one
+(``APPEND_FORWARD``, earlier elements being the client's own text).
+
+Envoy writes ``URI``, ``DNS`` and ``By`` values as they are in the certificate, unquoted
+(only ``Subject`` is quoted). A URI SAN holding ``,`` therefore reads as two elements, one
+holding ``;URI=`` as two URIs, and one in quotes as a quoted value: none of those is
+believed. Under ``SANITIZE_SET`` a header of more than one element is refused, which
+defeats a forged trailing element; under ``APPEND_FORWARD`` that cannot be told from a
+client's own earlier elements, so the proxy must accept only client certificates whose URI
+SAN is a valid SPIFFE ID (docs/semantics.md).
 """
 
 from __future__ import annotations
@@ -17,6 +27,9 @@ from typing import Final
 from extauthz.model import RequestView
 
 __all__ = [
+    "XFCC_APPEND_FORWARD",
+    "XFCC_MODES",
+    "XFCC_SANITIZE_SET",
     "PeerIdentityError",
     "SpiffeId",
     "TrustedProxies",
@@ -31,6 +44,12 @@ MAX_TRUST_DOMAIN_BYTES: Final = 255
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 XFCC_HEADER: Final = "x-forwarded-client-cert"
+# How the trusted proxy fills XFCC (Envoy's forward_client_cert_details).
+XFCC_SANITIZE_SET: Final = "SANITIZE_SET"  # its one element replaces whatever came in
+XFCC_APPEND_FORWARD: Final = "APPEND_FORWARD"  # its element is appended to the client's
+XFCC_MODES: Final = (XFCC_SANITIZE_SET, XFCC_APPEND_FORWARD)
+# Values Envoy writes unquoted, from the certificates: a quoted one was not written by Envoy.
+_UNQUOTED_KEYS: Final = frozenset({"by", "uri", "dns", "hash"})
 
 
 class PeerIdentityError(ValueError):
@@ -106,8 +125,13 @@ def parse_xfcc(header: str) -> list[list[tuple[str, str]]]:
     case-insensitively by callers. Raises ValueError on an unterminated quote or a pair
     without ``=``.
     """
-    elements: list[list[tuple[str, str]]] = []
-    pairs: list[tuple[str, str]] = []
+    return [[(k, v) for k, v, _ in pairs] for pairs in _parse_xfcc(header)]
+
+
+def _parse_xfcc(header: str) -> list[list[tuple[str, str, bool]]]:
+    """``parse_xfcc`` with, for each pair, whether its value was quoted."""
+    elements: list[list[tuple[str, str, bool]]] = []
+    pairs: list[tuple[str, str, bool]] = []
     i, n = 0, len(header)
     while i < n:
         eq = header.find("=", i)
@@ -117,7 +141,8 @@ def parse_xfcc(header: str) -> list[list[tuple[str, str]]]:
         if not key or any(c in key for c in ',;"'):
             raise ValueError("XFCC key is empty or malformed")
         i = eq + 1
-        if i < n and header[i] == '"':
+        quoted = i < n and header[i] == '"'
+        if quoted:
             i += 1
             buf: list[str] = []
             while True:
@@ -140,7 +165,7 @@ def parse_xfcc(header: str) -> list[list[tuple[str, str]]]:
                 j += 1
             value = header[i:j].strip()
             i = j
-        pairs.append((key, value))
+        pairs.append((key, value, quoted))
         if i < n and header[i] not in ",;":
             raise ValueError("XFCC value followed by garbage")
         if i >= n or header[i] == ",":
@@ -155,9 +180,18 @@ def parse_xfcc(header: str) -> list[list[tuple[str, str]]]:
 class TrustedProxies:
     """Which direct peers may speak for the client through XFCC (by SPIFFE ID or address)."""
 
-    def __init__(self, principals: Iterable[str] = (), cidrs: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        principals: Iterable[str] = (),
+        cidrs: Iterable[str] = (),
+        *,
+        xfcc: str = XFCC_SANITIZE_SET,
+    ) -> None:
+        if xfcc not in XFCC_MODES:
+            raise ValueError(f"XFCC mode must be one of {', '.join(XFCC_MODES)}, not {xfcc!r}")
         self._principals = frozenset(principals)
         self._networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self.xfcc = xfcc
 
     def __bool__(self) -> bool:
         return bool(self._principals or self._networks)
@@ -177,31 +211,49 @@ class TrustedProxies:
 def peer_identity(view: RequestView, proxies: TrustedProxies) -> SpiffeId | None:
     """The calling workload's SPIFFE ID, or None without one. Raises PeerIdentityError.
 
-    From a trusted proxy carrying XFCC, the last element's URI is the client (Envoy appends
-    one element per hop, so the last is the one this proxy verified). An XFCC element
-    without a URI means the client had no SPIFFE identity.
+    From a trusted proxy carrying XFCC, the URI of the element that proxy wrote is the
+    client (see the module docstring). An element without a URI means the client had no
+    SPIFFE identity.
     """
     if proxies and XFCC_HEADER in view.headers and proxies.trusts(view):
-        return xfcc_client(view.headers[XFCC_HEADER])
+        return xfcc_client(view.headers[XFCC_HEADER], proxies.xfcc)
     if not view.source_principal:
         return None
     return parse_spiffe_id(view.source_principal)
 
 
 @functools.lru_cache(maxsize=4096)
-def xfcc_client(header: str) -> SpiffeId | None:
-    """The client's SPIFFE ID in an XFCC header: the last element's URI, None without one.
+def xfcc_client(header: str, mode: str = XFCC_SANITIZE_SET) -> SpiffeId | None:
+    """The client's SPIFFE ID in the element the trusted proxy wrote; None without a URI.
 
-    Remembered by header text (a gateway sends the same few values again and again); an
-    invalid header raises PeerIdentityError every time, as errors are not remembered.
+    ``mode`` is how the proxy fills the header: ``SANITIZE_SET`` (exactly one element) or
+    ``APPEND_FORWARD`` (its element is the last). Remembered by header text (a gateway
+    sends the same few values again and again); an invalid header raises
+    PeerIdentityError every time, as errors are not remembered.
     """
     try:
-        elements = parse_xfcc(header)
+        elements = _parse_xfcc(header)
     except ValueError as exc:
         raise PeerIdentityError(f"malformed x-forwarded-client-cert: {exc}") from None
     if not elements:
         return None
-    uris = [v for k, v in elements[-1] if k.lower() == "uri" and v]
+    if mode == XFCC_SANITIZE_SET and len(elements) != 1:
+        raise PeerIdentityError(
+            f"x-forwarded-client-cert holds {len(elements)} elements; a SANITIZE_SET proxy "
+            "writes one (a ',' in a certificate's URI SAN makes more)"
+        )
+    trusted = elements[-1]
+    for key, _value, quoted in trusted:
+        if quoted and key.lower() in _UNQUOTED_KEYS:
+            raise PeerIdentityError(
+                f"x-forwarded-client-cert {key} is quoted; Envoy writes it unquoted"
+            )
+    uris = [v for k, v, _ in trusted if k.lower() == "uri" and v]
     if not uris:
         return None
+    if len(uris) > 1:
+        raise PeerIdentityError(
+            f"x-forwarded-client-cert element holds {len(uris)} URIs; a SPIFFE certificate "
+            "has one"
+        )
     return parse_spiffe_id(uris[0])

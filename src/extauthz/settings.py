@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extauthz.identity import TrustedProxies, parse_spiffe_id
+from extauthz.identity import XFCC_MODES, TrustedProxies, parse_spiffe_id
 from extauthz.pathnorm import PathNormalization
 from extauthz.pipeline import CheckOptions
 
@@ -48,6 +48,7 @@ class Settings:
     xff_num_trusted_hops: int = 0
     trusted_proxy_principals: tuple[str, ...] = ()
     trusted_proxy_cidrs: tuple[str, ...] = ()
+    trusted_proxy_xfcc: str = "SANITIZE_SET"  # the proxies' forward_client_cert_details
     path_normalization: PathNormalization = PathNormalization.BASE
     jwks_ca_file: str | None = None
     poll_interval: float = 1.0
@@ -79,6 +80,8 @@ class Settings:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as exc:
                 raise SettingsError(f"--trusted-proxy-cidr {cidr!r}: {exc}") from None
+        if self.trusted_proxy_xfcc not in XFCC_MODES:
+            raise SettingsError(f"--trusted-proxy-xfcc must be one of {', '.join(XFCC_MODES)}")
         if self.redis_url is None and not self.policies.exists():
             raise SettingsError(
                 f"--policies ({env_name('policies')}): {self.policies} does not exist"
@@ -99,7 +102,11 @@ class Settings:
 
     def check_options(self) -> CheckOptions:
         return CheckOptions(
-            trusted_proxies=TrustedProxies(self.trusted_proxy_principals, self.trusted_proxy_cidrs),
+            trusted_proxies=TrustedProxies(
+                self.trusted_proxy_principals,
+                self.trusted_proxy_cidrs,
+                xfcc=self.trusted_proxy_xfcc,
+            ),
             xff_num_trusted_hops=self.xff_num_trusted_hops,
             path_normalization=self.path_normalization,
         )

@@ -48,6 +48,13 @@ def register(sub: Any) -> None:
     )
     _env.add(
         p,
+        "--trusted-proxy-xfcc",
+        default="SANITIZE_SET",
+        choices=["SANITIZE_SET", "APPEND_FORWARD"],
+        help="how the trusted proxies fill x-forwarded-client-cert (forward_client_cert_details)",
+    )
+    _env.add(
+        p,
         "--path-normalization",
         default="BASE",
         choices=[m.value for m in PathNormalization],
@@ -93,6 +100,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             xff_num_trusted_hops=int(args.xff_num_trusted_hops),
             trusted_proxy_principals=tuple(args.trusted_proxy_principal or ()),
             trusted_proxy_cidrs=tuple(args.trusted_proxy_cidr or ()),
+            trusted_proxy_xfcc=args.trusted_proxy_xfcc,
             path_normalization=PathNormalization(args.path_normalization),
             jwks_ca_file=args.jwks_ca_file or None,
             poll_interval=float(args.poll_interval),

@@ -10,6 +10,13 @@ memory) and a new session starts after a backoff. Checks never call Redis.
 A record that fails to decode is reported with its tenant and version (``Sink.reject``);
 the registry keeps the last good version. A tenant whose key disappeared without a
 tombstone (a flushed or evicted Redis) is kept as it is, with an error in the log.
+
+Versions only go forward: the store remembers the highest version it applied for each
+tenant (a tombstone's too) and refuses a lower one (a failed-over replica that missed
+writes, a restored backup, a re-created record after a FLUSHALL), reporting it like a
+rejected record while the held version keeps serving. Rollback and delete write a new,
+higher version, so they are never refused; a deliberate return to lower versions (a whole
+Redis restored on purpose) takes a restart of the replicas, which forgets the marks.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import structlog
 from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
+from extauthz.errors import DocumentError, Location
 from extauthz.store.base import Sink, Store, TenantSource
 from extauthz.store.redis_client import Client, connect, display_target, parse_url
 from extauthz.store.redis_model import RECORD_FIELDS, Record, Rejected, TenantRepo, chunks
@@ -98,6 +106,9 @@ class RedisStore(Store):
         # tenant -> the version last reported to the sink (accepted, rejected or deleted)
         self._seen: dict[str, str] = {}
         self._held: set[str] = set()  # tenants the sink holds documents for
+        # tenant -> the highest version applied (documents or tombstone); lower ones are refused
+        self._high: dict[str, int] = {}
+        self._refused: dict[str, int] = {}  # tenant -> the lower version last reported
         self._down_since: float | None = None
         self._last_down_log = 0.0
 
@@ -170,6 +181,7 @@ class RedisStore(Store):
                     self._reject(sink, record)
                 elif record is not None:
                     self._seen[tenant] = str(record.version)
+                    self._high[tenant] = record.version
                     if record.source is not None:
                         sources.keep(tenant, value)
             now = time.monotonic()
@@ -216,8 +228,12 @@ class RedisStore(Store):
                         )
                 elif self._seen.get(tenant) == str(record.version):
                     continue  # already applied (a notification for a version we resynced)
+                elif record.version < self._high.get(tenant, 0):
+                    self._refuse_older(sink, record)
                 else:
                     self._seen[tenant] = str(record.version)
+                    self._high[tenant] = record.version
+                    self._refused.pop(tenant, None)
                     if record.source is None:
                         if tenant in self._held:
                             self._held.discard(tenant)
@@ -225,6 +241,27 @@ class RedisStore(Store):
                     else:
                         self._held.add(tenant)
                         sink.update(tenant, record.source)
+
+    def _refuse_older(self, sink: Sink, record: Record) -> None:
+        """A version below the highest applied one: keep what is held, report it once."""
+        if self._refused.get(record.tenant) == record.version:
+            return
+        self._refused[record.tenant] = record.version
+        high = self._high[record.tenant]
+        key = self.repo.keys.current(record.tenant)
+        error = DocumentError(
+            f"version {record.version} is older than version {high} already applied "
+            "(failed-over replica or restored backup?); keeping version "
+            f"{high}{' (deleted)' if record.tenant not in self._held else ''}",
+            location=Location(f"redis:{key}@{record.version}"),
+        )
+        log.error(
+            "refusing an older tenant version from redis",
+            tenant=record.tenant,
+            version=record.version,
+            held_version=high,
+        )
+        sink.reject(record.tenant, str(record.version), error)
 
     def _reject(self, sink: Sink, rejected: Rejected) -> None:
         mark = f"!{rejected.version}:{rejected.error}"

@@ -1,0 +1,128 @@
+"""The Check decision path (decode, pipeline, response) on arbitrary CheckRequests.
+
+Input: one selector byte, then either a serialized CheckRequest (selector even) or the
+bytes a FuzzedDataProvider turns into a request aimed at the example tenants (odd). The
+request runs through the servicer's decision path with the example policies, under three
+configurations. Properties: no exception escapes; a request decode refuses, or whose peer
+identity is invalid, is denied; an allow names its tenant and is a 200.
+"""
+
+from __future__ import annotations
+
+import atheris
+from envoy.service.auth.v3 import external_auth_pb2
+from google.protobuf.message import DecodeError
+
+from tests.fuzz.common import REPO, check, main
+
+with atheris.instrument_imports(include=["extauthz"]):
+    from extauthz.authn.jwks import JwksCache
+    from extauthz.decode import MalformedRequest, decode
+    from extauthz.identity import PeerIdentityError, TrustedProxies, peer_identity
+    from extauthz.pathnorm import PathNormalization
+    from extauthz.pipeline import CheckOptions, CheckPipeline
+    from extauthz.registry import Registry
+    from extauthz.response import build_response
+    from extauthz.servicer import AuthorizationServicer
+    from extauthz.store.files import read_directory, sources_of
+
+GATEWAY = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+HOSTS = ["acme.example.com", "api.acme.example.com", "globex.example.com", "other.test", ""]
+METHODS = ["GET", "POST", "PUT", "DELETE", "get", ""]
+PRINCIPALS = [
+    "",
+    GATEWAY,
+    "spiffe://cluster.local/ns/acme-web/sa/frontend",
+    "spiffe://cluster.local/ns/batch/sa/runner",
+    "spiffe://old.example/ns/monitoring/sa/prometheus",
+]
+HEADER_NAMES = [
+    "authorization",
+    "x-forwarded-client-cert",
+    "x-forwarded-for",
+    "x-internal-override",
+    "x-user",
+    "content-type",
+]
+
+
+def _registry() -> Registry:
+    docs, errors = read_directory(REPO / "policies")
+    assert not errors, errors
+    registry = Registry(JwksCache())
+    registry.replace_all(sources_of(docs))
+    return registry
+
+
+REGISTRY = _registry()
+PROXIES = TrustedProxies(principals=[GATEWAY], cidrs=["10.0.0.0/8"])
+CONFIGS = [
+    (TrustedProxies(), CheckPipeline()),
+    (PROXIES, CheckPipeline(CheckOptions(trusted_proxies=PROXIES, xff_num_trusted_hops=1))),
+    (
+        TrustedProxies(),
+        CheckPipeline(CheckOptions(path_normalization=PathNormalization.DECODE_AND_MERGE_SLASHES)),
+    ),
+]
+SERVICERS = [(proxies, AuthorizationServicer(REGISTRY, p)) for proxies, p in CONFIGS]
+
+
+def structured(fdp: atheris.FuzzedDataProvider) -> external_auth_pb2.CheckRequest:
+    """A request near the example tenants: known hosts and principals, fuzzed values."""
+    req = external_auth_pb2.CheckRequest()
+    a = req.attributes
+    pick = fdp.PickValueInList
+    a.source.address.socket_address.address = pick(["10.1.2.3", "192.0.2.7", "::1", "x", ""])
+    principal = pick(PRINCIPALS)
+    a.source.principal = principal if fdp.ConsumeBool() else fdp.ConsumeUnicodeNoSurrogates(40)
+    http = a.request.http
+    http.method = pick(METHODS)
+    http.host = pick(HOSTS) if fdp.ConsumeBool() else fdp.ConsumeUnicodeNoSurrogates(30)
+    http.path = fdp.ConsumeUnicodeNoSurrogates(60)
+    for _ in range(fdp.ConsumeIntInRange(0, 4)):
+        http.headers[pick(HEADER_NAMES)] = fdp.ConsumeUnicodeNoSurrogates(80)
+    for name, value in ((":authority", http.host), (":method", http.method), (":path", http.path)):
+        if fdp.ConsumeBool():
+            http.headers[name] = value
+    if fdp.ConsumeBool():
+        a.destination.principal = fdp.ConsumeUnicodeNoSurrogates(40)
+    return req
+
+
+def request_of(data: bytes) -> external_auth_pb2.CheckRequest | None:
+    if not data:
+        return None
+    if data[0] % 2:
+        return structured(atheris.FuzzedDataProvider(data[1:]))
+    req = external_auth_pb2.CheckRequest()
+    try:
+        req.ParseFromString(data[1:])
+    except DecodeError:
+        return None
+    return req
+
+
+def test_one_input(data: bytes) -> None:
+    req = request_of(data)
+    if req is None:
+        return
+    try:
+        view = decode(req)
+    except MalformedRequest:
+        view = None
+    for proxies, servicer in SERVICERS:
+        outcome, _ = servicer._decide(req)  # the servicer's own decision path
+        build_response(outcome, "fuzz-decision")
+        if not outcome.allowed:
+            continue
+        check(view is not None, f"allowed a request decode refuses: {req}")
+        check(bool(outcome.tenant) and outcome.status == 200, f"odd allow {outcome}")
+        assert view is not None
+        try:
+            peer_identity(view, proxies)
+        except PeerIdentityError as exc:
+            raise AssertionError(f"allowed with an invalid peer identity ({exc}): {req}") from None
+
+
+if __name__ == "__main__":
+    main("check", test_one_input)
