@@ -35,6 +35,7 @@ API_VERSIONS: Final[Mapping[str, frozenset[str]]] = {
 }
 MAX_TEXT_BYTES: Final = 4 * 1024 * 1024
 MAX_NODES: Final = 200_000  # bounds alias expansion ("billion laughs") and huge documents
+MAX_DEPTH: Final = 64  # nesting of mappings and lists: policies need about ten
 
 Path = tuple[str | int, ...]
 
@@ -162,6 +163,12 @@ class _Converter:
                 f"more than {MAX_NODES} YAML nodes (aliases expanding too far?)",
                 location=Location(self._source, node.start_mark.line + 1),
                 field=field_name(path),
+            )
+        if len(path) > MAX_DEPTH:
+            raise self._error(
+                f"nested deeper than {MAX_DEPTH} levels (an alias inside its own anchor?)",
+                node,
+                path[:8],
             )
         self._lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
