@@ -9,10 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from google.protobuf import json_format
 
 from extauthz.store.files import policy_files, read_directory
-from tests.helpers import ServerProcess, check_request, policy_yaml, serving, tenant_yaml, wait_for
+from tests.helpers import (
+    REPO,
+    ServerProcess,
+    check_request,
+    policy_yaml,
+    serving,
+    tenant_yaml,
+    wait_for,
+)
 
 ALLOW_ADMIN = policy_yaml("p", "shop", "  rules:\n  - to:\n    - operation: {paths: [/admin]}")
 ALLOW_PUBLIC = policy_yaml("p", "shop", "  rules:\n  - to:\n    - operation: {paths: [/public]}")
@@ -226,3 +235,12 @@ def test_configmap_volume_serves_and_follows_the_swap(tmp_path: Path) -> None:
         wait_for(lambda: decision(server, "/public") == "allow", 10, what="swap served")
         assert decision(server, "/admin") == "deny"
         assert "defined twice" not in server.logs()
+
+
+def test_shipped_configmap_serves_in_kubelet_layout(tmp_path: Path) -> None:
+    """deploy/'s policies ConfigMap, laid out as the kubelet mounts it, is decided by its tenant."""
+    configmap = yaml.safe_load((REPO / "deploy/base/policies-configmap.yaml").read_text())
+    configmap_volume(tmp_path, "2026_11_27_old", dict(configmap["data"]))
+    with serving(["--policies", str(tmp_path)]) as server:
+        got = meta_of(server, principal="spiffe://cluster.local/ns/web/sa/frontend")
+        assert (got["reason"], got["tenant"]) == ("no_allow_match", "default")
