@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
 from extauthz.authn import JwtRule, parse_jwt_rules
@@ -293,11 +294,12 @@ class TenantRouter:
         self._wildcard.sort(key=lambda item: -len(item[0]))
 
     def route(self, authority: str, dest_ns: str | None, headers: Mapping[str, str]) -> Route:
-        host = request_host(authority)
         if dest_ns is not None:
             owner = self._namespace.get(dest_ns)
             if owner is not None:
+                host = _request_host(authority) if owner.match.hosts else ""
                 return Route(owner, owner.match.matches(host, dest_ns, headers))
+        host = _request_host(authority)
         if host is None:
             return Route(None, False)
         for spec in self._candidates(host):
@@ -314,6 +316,11 @@ class TenantRouter:
         yield from self._headers_only
         if self._catch_all is not None:
             yield self._catch_all
+
+
+# Normalized hosts, by their text: a few hosts make nearly every request. Bounded, so varied
+# input only costs misses.
+_request_host: Final = lru_cache(maxsize=4096)(request_host)
 
 
 def tenant_of(doc: Document) -> str:
