@@ -122,6 +122,7 @@ class FileStore(Store):
         self._files: dict[Path, _Parsed] = {}
         self._sources: dict[str, TenantSource] = {}  # what the sink was last given
         self._loaded = False
+        self._list_error = ""
         self._wake: asyncio.Event | None = None
 
     def reload(self) -> None:
@@ -174,8 +175,11 @@ class FileStore(Store):
         try:
             paths = policy_files(self.root)
         except OSError as exc:
-            log.error("cannot list policy directory", path=str(self.root), error=str(exc))
+            if str(exc) != self._list_error:  # once per distinct error, not once per poll
+                log.error("cannot list policy directory", path=str(self.root), error=str(exc))
+            self._list_error = str(exc)
             return False
+        self._list_error = ""
         changed = False
         seen: set[Path] = set()
         for path in paths:
