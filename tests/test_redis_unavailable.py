@@ -61,10 +61,12 @@ def test_tenants_that_never_loaded_are_unavailable(redis: RedisServer, tmp_path:
     apply(redis.url, tmp_path, tenant_yaml("everything"))
     apply(redis.url, tmp_path, tenant_documents("t1", "a.test"))
     apply(redis.url, tmp_path, policy_yaml("p", "payments", "  rules:\n  - {}"))
+    apply(redis.url, tmp_path, tenant_documents("t2", "b.test"))
     digest = hashlib.sha256(T1_FAILS_TO_COMPILE.encode()).hexdigest()
     current = "extauthz:{t1}:current"
     redis_cli(redis.port, "hset", current, "documents", T1_FAILS_TO_COMPILE, "digest", digest)
     redis_cli(redis.port, "hset", "extauthz:{payments}:current", "documents", "[")
+    redis_cli(redis.port, "hset", "extauthz:{t2}:current", "documents", "[")
     with serving(["--redis-url", redis.url]) as server:
         assert outcome(server, host="a.test", path="/open/x") == (
             "deny",
@@ -76,6 +78,8 @@ def test_tenants_that_never_loaded_are_unavailable(redis: RedisServer, tmp_path:
             "tenant_unavailable",
             "payments",
         )
+        # undecodable: its hosts are those of the record's stored match
+        assert outcome(server, host="b.test") == ("deny", "tenant_unavailable", "t2")
         assert outcome(server, host="x.test") == ("allow", "allowed", "everything")
         apply(redis.url, tmp_path, tenant_documents("t1", "a.test"))
         wait_for(

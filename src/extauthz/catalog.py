@@ -87,19 +87,31 @@ def unavailable_tenant(
     *,
     version: str = "",
     now: float = 0.0,
+    spec: TenantSpec | None = None,
 ) -> CompiledTenant:
-    """The stand-in of a tenant whose documents fail to load: it routes as its Tenant
-    document says when that much still parses, else as the implicit tenant of its name."""
-    spec = implicit_tenant(tenant)
+    """The stand-in of a tenant whose documents fail to load: it routes as ``spec`` (the
+    routes a store still knows), else as its Tenant document says when that much still
+    parses, else as the implicit tenant of its name."""
+    if spec is None or spec.name != tenant:
+        spec = _routes_of(tenant, docs)
+    return CompiledTenant(
+        spec,
+        version,
+        compile_policies(()),
+        Authenticator((), jwks),
+        now,
+        unavailable=str(error) or "failed",
+    )
+
+
+def _routes_of(tenant: str, docs: Sequence[Document]) -> TenantSpec:
+    """The tenant's Tenant document if it parses, else its implicit tenant."""
     for doc in docs:
         if doc.kind == KIND_TENANT and doc.name == tenant:
             with contextlib.suppress(DocumentError):
-                spec = parse_tenant(doc)
+                return parse_tenant(doc)
             break
-    policies = compile_policies(())
-    return CompiledTenant(
-        spec, version, policies, Authenticator((), jwks), now, unavailable=str(error) or "failed"
-    )
+    return implicit_tenant(tenant)
 
 
 def compile_tenant(source: TenantSource, jwks: JwksCache, *, now: float = 0.0) -> CompiledTenant:

@@ -24,7 +24,7 @@ from extauthz.catalog import CompiledTenant, compile_tenant, unavailable_tenant
 from extauthz.errors import Reason
 from extauthz.model import RequestView
 from extauthz.store.base import TenantSource
-from extauthz.tenancy import TenantConflict, TenantRouter, check_tenant_name
+from extauthz.tenancy import TenantConflict, TenantRouter, TenantSpec, check_tenant_name
 
 __all__ = ["Registry", "Routing", "Snapshot"]
 
@@ -155,13 +155,15 @@ class Registry:
             log.info("tenant updated", tenant=tenant, version=source.version)
         self._notify()
 
-    def reject(self, tenant: str, version: str, error: Exception) -> None:
+    def reject(
+        self, tenant: str, version: str, error: Exception, routes: TenantSpec | None = None
+    ) -> None:
         self._count_reject(tenant, version, error)
         current = self.snapshot.tenants.get(tenant)
         if not check_tenant_name(tenant) or (current is not None and not current.unavailable):
             return  # not one tenant's record, or the last good version stays
         stand_in = unavailable_tenant(
-            tenant, (), error, self._jwks, version=version, now=self._clock()
+            tenant, (), error, self._jwks, version=version, now=self._clock(), spec=routes
         )
         tenants = {**self.snapshot.tenants, tenant: stand_in}
         try:
