@@ -178,17 +178,18 @@ async def test_wrong_type_key_keeps_last_good_version(harness: Harness, redis: R
     await until(lambda: harness.version("t2") == "2", "store still following changes")
 
 
-async def test_bad_record_at_start_leaves_out_only_that_tenant(
+async def test_bad_record_at_start_makes_only_that_tenant_unavailable(
     harness: Harness, redis: RedisServer
 ) -> None:
-    """At the first load a broken tenant is rejected and every other tenant is served."""
+    """At the first load a broken tenant is held unavailable; every other tenant is served."""
     await harness.apply(tenant_documents("t1", "a.test"))
     await harness.apply(tenant_documents("t2", "b.test"))
     redis_cli(redis.port, "hset", "extauthz:{t1}:current", "documents", "[")
     harness.start()
     await until(lambda: harness.registry.ready, "first load")
-    assert harness.version("t1") is None
+    assert harness.registry.snapshot.tenants["t1"].unavailable
     assert harness.version("t2") == "1"
+    assert not harness.registry.snapshot.tenants["t2"].unavailable
     assert harness.registry.stats.rejected == 1
 
 

@@ -7,6 +7,7 @@ serves.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,18 +25,24 @@ from extauthz.tenancy import (
     tenant_of,
 )
 
-__all__ = ["CompiledTenant", "compile_documents", "compile_tenant"]
+__all__ = ["CompiledTenant", "compile_documents", "compile_tenant", "unavailable_tenant"]
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledTenant:
-    """A tenant ready to decide: its settings, its compiled policies, its authenticator."""
+    """A tenant ready to decide: its settings, its compiled policies, its authenticator.
+
+    An *unavailable* tenant (``unavailable`` holds why) has no good version: its documents
+    failed the first time they were loaded. It only claims its routes, so that its requests
+    are denied (``tenant_unavailable``) rather than decided by another tenant.
+    """
 
     spec: TenantSpec
     version: str
     policies: CompiledPolicies
     authenticator: Authenticator
     loaded_at: float = 0.0
+    unavailable: str = ""
 
     @property
     def name(self) -> str:
@@ -70,6 +77,41 @@ def compile_documents(
         space_delimited_claims=tuple(authenticator.space_delimited_claims),
     )
     return CompiledTenant(spec, version, policies, authenticator, now)
+
+
+def unavailable_tenant(
+    tenant: str,
+    docs: Sequence[Document],
+    error: Exception,
+    jwks: JwksCache,
+    *,
+    version: str = "",
+    now: float = 0.0,
+    spec: TenantSpec | None = None,
+) -> CompiledTenant:
+    """The stand-in of a tenant whose documents fail to load: it routes as ``spec`` (the
+    routes a store still knows), else as its Tenant document says when that much still
+    parses, else as the implicit tenant of its name."""
+    if spec is None or spec.name != tenant:
+        spec = _routes_of(tenant, docs)
+    return CompiledTenant(
+        spec,
+        version,
+        compile_policies(()),
+        Authenticator((), jwks),
+        now,
+        unavailable=str(error) or "failed",
+    )
+
+
+def _routes_of(tenant: str, docs: Sequence[Document]) -> TenantSpec:
+    """The tenant's Tenant document if it parses, else its implicit tenant."""
+    for doc in docs:
+        if doc.kind == KIND_TENANT and doc.name == tenant:
+            with contextlib.suppress(DocumentError):
+                return parse_tenant(doc)
+            break
+    return implicit_tenant(tenant)
 
 
 def compile_tenant(source: TenantSource, jwks: JwksCache, *, now: float = 0.0) -> CompiledTenant:

@@ -18,6 +18,8 @@ class Reason(StrEnum):
     POLICY_DENIED = "policy_denied"  # a DENY policy matched
     NO_ALLOW_MATCH = "no_allow_match"  # ALLOW policies exist, none matched
     TENANT_UNKNOWN = "tenant_unknown"
+    TENANT_MISMATCH = "tenant_mismatch"  # the namespace's tenant does not match host/headers
+    TENANT_UNAVAILABLE = "tenant_unavailable"  # the tenant never loaded (its documents fail)
     MTLS_REQUIRED = "mtls_required"  # STRICT tenant, no peer identity
     PEER_INVALID = "peer_invalid"  # source.principal is not a valid SPIFFE ID
     JWT_INVALID = "jwt_invalid"

@@ -102,9 +102,11 @@ class CheckPipeline:
             return deny(Reason.PEER_INVALID, f"peer identity: {exc}"), None, None
         principal = peer.uri if peer else ""
         # tenant: whose rules apply
-        tenant = snapshot.route(view, _namespace_of(view.destination_principal))
-        if tenant is None:
-            return deny(Reason.TENANT_UNKNOWN, "no tenant matches", principal=principal), None, None
+        tenant, refusal, detail = snapshot.route(view, _namespace_of(view.destination_principal))
+        if tenant is None or refusal is not None:
+            name = "" if tenant is None else tenant.name
+            reason = refusal or Reason.TENANT_UNKNOWN
+            return deny(reason, detail, tenant=name, principal=principal), None, None
         if peer is None and tenant.spec.mtls_strict:
             outcome = deny(
                 Reason.MTLS_REQUIRED, "STRICT mTLS and no peer identity", tenant=tenant.name

@@ -3,7 +3,10 @@
 The hot path reads ``registry.snapshot`` once per Check and never takes a lock: a change
 builds a new snapshot off to the side and rebinds the attribute in one assignment. A tenant
 whose new documents fail to compile (or would clash with another tenant's match) keeps its
-last good version; the failure is logged and counted, never served.
+last good version, whole; the failure is logged and counted, never served. A tenant that has
+no good version yet (its first documents fail, or its store record cannot be decoded) is held
+as *unavailable*: it keeps claiming its routes, and its requests are denied with
+``tenant_unavailable`` instead of falling to another tenant.
 """
 
 from __future__ import annotations
@@ -12,16 +15,18 @@ import gc
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import structlog
 
 from extauthz.authn import JwksCache
-from extauthz.catalog import CompiledTenant, compile_tenant
+from extauthz.catalog import CompiledTenant, compile_tenant, unavailable_tenant
+from extauthz.errors import Reason
 from extauthz.model import RequestView
 from extauthz.store.base import TenantSource
-from extauthz.tenancy import TenantConflict, TenantRouter
+from extauthz.tenancy import TenantConflict, TenantRouter, TenantSpec, check_tenant_name
 
-__all__ = ["Registry", "Snapshot"]
+__all__ = ["Registry", "Routing", "Snapshot"]
 
 log = structlog.get_logger("extauthz.registry")
 
@@ -46,9 +51,26 @@ class Snapshot:
             return Snapshot(dict(tenants), self.router)
         return Snapshot.build(tenants)
 
-    def route(self, view: RequestView, dest_ns: str | None) -> CompiledTenant | None:
-        spec = self.router.route(view.host, dest_ns, view.headers)
-        return None if spec is None else self.tenants.get(spec.name)
+    def route(self, view: RequestView, dest_ns: str | None) -> Routing:
+        spec, matched = self.router.route(view.host, dest_ns, view.headers)
+        tenant = None if spec is None else self.tenants.get(spec.name)
+        if tenant is None:
+            return Routing(None, Reason.TENANT_UNKNOWN, "no tenant matches")
+        if tenant.unavailable:
+            return Routing(tenant, Reason.TENANT_UNAVAILABLE, f"not loaded: {tenant.unavailable}")
+        if not matched:
+            detail = f"host or headers do not match {tenant.name!r}, owner of namespace {dest_ns!r}"
+            return Routing(tenant, Reason.TENANT_MISMATCH, detail)
+        return Routing(tenant)
+
+
+class Routing(NamedTuple):
+    """The tenant of a request, or why it cannot decide (``refusal``, with a detail for logs;
+    ``tenant`` is still named when one owns the request)."""
+
+    tenant: CompiledTenant | None
+    refusal: Reason | None = None
+    detail: str = ""
 
 
 @dataclass(slots=True)
@@ -83,7 +105,9 @@ class Registry:
 
     def replace_all(self, sources: Mapping[str, TenantSource]) -> None:
         tenants = dict(self.snapshot.tenants)
-        for name in [n for n in tenants if n not in sources]:
+        # Gone: every tenant the load does not name, except one the store reported unreadable
+        # (``reject``) during this load: it keeps its routes, unavailable.
+        for name in [n for n in tenants if n not in sources and not tenants[n].unavailable]:
             del tenants[name]
         # A full load allocates the whole policy set at once: the cyclic collector would walk
         # the growing heap again and again (about half the load time of 10k tenants). It is
@@ -98,9 +122,7 @@ class Registry:
                 current = tenants.get(name)
                 if current is not None and current.version == source.version and source.version:
                     continue
-                compiled = self._compile(source)
-                if compiled is not None:
-                    tenants[name] = compiled
+                tenants[name] = self._load(source, current)
         finally:
             if collecting:
                 gc.enable()
@@ -117,8 +139,9 @@ class Registry:
             if tenants.pop(tenant, None) is not None:
                 log.info("tenant deleted", tenant=tenant)
         else:
-            compiled = self._compile(source)
-            if compiled is None:
+            current = tenants.get(tenant)
+            compiled = self._load(source, current)
+            if compiled is current:
                 return
             tenants[tenant] = compiled
         try:
@@ -132,8 +155,24 @@ class Registry:
             log.info("tenant updated", tenant=tenant, version=source.version)
         self._notify()
 
-    def reject(self, tenant: str, version: str, error: Exception) -> None:
+    def reject(
+        self, tenant: str, version: str, error: Exception, routes: TenantSpec | None = None
+    ) -> None:
         self._count_reject(tenant, version, error)
+        current = self.snapshot.tenants.get(tenant)
+        if not check_tenant_name(tenant) or (current is not None and not current.unavailable):
+            return  # not one tenant's record, or the last good version stays
+        stand_in = unavailable_tenant(
+            tenant, (), error, self._jwks, version=version, now=self._clock(), spec=routes
+        )
+        tenants = {**self.snapshot.tenants, tenant: stand_in}
+        try:
+            snapshot = self.snapshot.with_tenant(tenants, tenant)
+        except TenantConflict as exc:
+            self._count_reject(tenant, version, exc)
+            return
+        self._swap(snapshot)
+        self._notify()
 
     def set_connected(self, connected: bool) -> None:
         if connected != self.connected:
@@ -152,12 +191,23 @@ class Registry:
 
     # -- internals --------------------------------------------------------------------
 
-    def _compile(self, source: TenantSource) -> CompiledTenant | None:
+    def _load(self, source: TenantSource, current: CompiledTenant | None) -> CompiledTenant:
+        """``source`` compiled; if it fails, ``current`` when it is a good version, else an
+        unavailable stand-in that keeps the tenant's routes."""
         try:
             compiled = compile_tenant(source, self._jwks, now=self._clock())
         except Exception as exc:
             self._count_reject(source.tenant, source.version, exc)
-            return None
+            if current is not None and not current.unavailable:
+                return current
+            return unavailable_tenant(
+                source.tenant,
+                source.documents,
+                exc,
+                self._jwks,
+                version=source.version,
+                now=self._clock(),
+            )
         for warning in compiled.warnings:
             log.warning("policy warning", tenant=source.tenant, warning=warning)
         self._jwks.track(compiled.authenticator.jwks_uris)
@@ -190,14 +240,18 @@ class Registry:
         self.stats.last_change = self._clock()
 
     def _count_reject(self, tenant: str, version: str, error: Exception) -> None:
+        current = self.snapshot.tenants.get(tenant)
+        kept = current is not None and not current.unavailable
         self.stats.rejected += 1
         self.stats.last_error = f"{tenant}@{version}: {error}"
         log.error(
-            "tenant rejected; keeping the last good version",
+            "tenant rejected; keeping the last good version"
+            if kept
+            else "tenant rejected; it has no good version and is unavailable",
             tenant=tenant,
             version=version,
             error=str(error),
-            kept=tenant in self.snapshot.tenants,
+            kept=kept,
         )
 
     def _notify(self) -> None:

@@ -2,10 +2,21 @@
 
 A request selects a tenant by ``spec.match``: its host (exact, or ``*.`` wildcard), the
 namespace of the destination workload's SPIFFE ID, and request headers. Within one tenant's
-match every given criterion must hold. Across tenants the most specific wins, in this order:
-exact host, wildcard host (longest first), destination namespace, headers only, and last the
-catch-all tenant (``match: {}``). Two tenants that claim the same thing are a conflict and
-the newer one is refused.
+match every given criterion must hold.
+
+What Envoy authenticated outranks what the client wrote. The destination namespace comes
+from Envoy's own mTLS identity; the host and headers come from the client. A namespace named
+in a tenant's ``destinationNamespaces`` (or implied, see below) belongs to that one tenant:
+its requests are decided by that tenant or denied (``tenant_mismatch``, when the tenant's own
+``hosts``/``headers`` do not match), never by another tenant. Only a request whose destination
+namespace no tenant claims (an ingress gateway, a namespace without policies) is routed by
+what the client sent: exact host, wildcard host (longest first), headers only, and last the
+catch-all tenant (``match: {}``). Two tenants that claim the same namespace, or the same host
+with the same headers, are a conflict and the newer one is refused.
+
+Hosts are compared in one spelling (``request_host``): lower case, without the port and one
+trailing dot; an ``:authority`` that is not then a DNS name or an IP literal matches no host
+and is routed by its destination namespace only.
 
 A namespace that has AuthorizationPolicies but no Tenant document is an *implicit* tenant
 that matches its destination namespace, as an Istio policy applies to its own namespace.
@@ -16,12 +27,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from functools import lru_cache
+from typing import Any, Final, NamedTuple
 
 from extauthz.authn import JwtRule, parse_jwt_rules
 from extauthz.documents import Document, Path
 
 __all__ = [
+    "Route",
     "TenantConflict",
     "TenantMatch",
     "TenantRouter",
@@ -30,13 +43,18 @@ __all__ = [
     "check_tenant_name",
     "group_by_tenant",
     "implicit_tenant",
+    "normalize_host_pattern",
     "parse_tenant",
     "request_host",
     "tenant_of",
 ]
 
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_HOST = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?")
+# A host pattern once normalized: a DNS name (labels of [a-z0-9-]), optionally '*.'-prefixed.
+_HOST = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# What a request's host may be once normalized: non-empty labels, or a bracketed IPv6 literal.
+_REQUEST_HOST = re.compile(r"[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?(\.[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?)*")
+_IPV6_LITERAL = re.compile(r"\[[0-9a-f:.]+\]")
 SPEC_FIELDS: Final = frozenset({"match", "trustDomains", "mtls", "jwtRules"})
 MATCH_FIELDS: Final = frozenset({"hosts", "destinationNamespaces", "headers"})
 MTLS_MODES: Final = frozenset({"STRICT", "PERMISSIVE"})
@@ -59,8 +77,9 @@ class TenantMatch:
     def catch_all(self) -> bool:
         return not (self.hosts or self.destination_namespaces or self.headers)
 
-    def matches(self, host: str, dest_ns: str | None, headers: Mapping[str, str]) -> bool:
-        if self.hosts and not any(_host_matches(h, host) for h in self.hosts):
+    def matches(self, host: str | None, dest_ns: str | None, headers: Mapping[str, str]) -> bool:
+        """``host`` as ``request_host`` gives it (None: not a valid host, matches no host)."""
+        if self.hosts and (host is None or not any(_host_matches(h, host) for h in self.hosts)):
             return False
         if self.destination_namespaces and dest_ns not in self.destination_namespaces:
             return False
@@ -73,16 +92,51 @@ def _host_matches(pattern: str, host: str) -> bool:
     return host == pattern
 
 
-def request_host(authority: str) -> str:
-    """``:authority`` lower-cased without its port, for tenant matching."""
+def request_host(authority: str) -> str | None:
+    """``:authority`` as tenant matching sees it: lower case, without its port and without one
+    trailing dot (``ACME.example.com.:443`` is ``acme.example.com``). ``""`` for no host; None
+    when the rest is not a DNS name or a bracketed IPv6 literal (``a.example.com..``, a bare
+    ``::1``, a bad port): such a host matches no tenant's hosts."""
+    if not authority:
+        return ""
     host = authority.lower()
-    if host.startswith("["):  # [v6]:port
+    if host.startswith("["):  # [v6] or [v6]:port
         end = host.find("]")
-        return host[: end + 1] if end > 0 else host
-    colon = host.rfind(":")
-    if colon > 0 and host[colon + 1 :].isdigit():
-        return host[:colon]
-    return host
+        literal, rest = host[: end + 1], host[end + 1 :]
+        if end < 0 or not _IPV6_LITERAL.fullmatch(literal) or not _is_port_suffix(rest):
+            return None
+        return literal
+    name, colon, port = host.rpartition(":")
+    if colon:
+        if not _is_port_suffix(colon + port):
+            return None
+        host = name
+    if host.endswith("."):
+        host = host[:-1]
+    return host if _REQUEST_HOST.fullmatch(host) else None
+
+
+def _is_port_suffix(text: str) -> bool:
+    """``""``, or ``":"`` followed by ASCII digits (or by nothing)."""
+    if not text:
+        return True
+    port = text[1:]
+    return text[0] == ":" and (not port or (port.isascii() and port.isdigit()))
+
+
+def normalize_host_pattern(pattern: str) -> str | None:
+    """A ``spec.match.hosts`` entry in the spelling ``request_host`` gives requests (the port
+    and one trailing dot dropped, lower case), or None when it is not a DNS name, optionally
+    ``*.``-prefixed, or a bracketed IPv6 literal."""
+    text = pattern.lower()
+    wildcard = text.startswith("*.")
+    host = request_host(text[2:] if wildcard else text)
+    if not host:
+        return None
+    if _IPV6_LITERAL.fullmatch(host):
+        return None if wildcard else host
+    normalized = f"*.{host}" if wildcard else host
+    return normalized if _HOST.fullmatch(normalized) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,13 +214,17 @@ def _parse_match(doc: Document, match: Any) -> TenantMatch:
     if not isinstance(match, Mapping):
         raise doc.error("must be a mapping ({} matches every request)", path)
     _only(doc, match, MATCH_FIELDS, path)
-    hosts = _strings(doc, match.get("hosts", []), (*path, "hosts"))
-    for i, host in enumerate(hosts):
-        if not _HOST.fullmatch(host.lower()):
+    hosts: list[str] = []
+    for i, raw in enumerate(_strings(doc, match.get("hosts", []), (*path, "hosts"))):
+        host = normalize_host_pattern(raw)
+        if host is None:
             raise doc.error(
-                "a host is a DNS name, optionally '*.'-prefixed (use match: {} to catch all)",
+                "a host is a DNS name, optionally '*.'-prefixed, or a [v6] literal; a port and "
+                "one trailing dot are ignored (use match: {} to catch all)",
                 (*path, "hosts", i),
             )
+        if host not in hosts:
+            hosts.append(host)
     namespaces = _strings(
         doc, match.get("destinationNamespaces", []), (*path, "destinationNamespaces")
     )
@@ -176,7 +234,7 @@ def _parse_match(doc: Document, match: Any) -> TenantMatch:
     ):
         raise doc.error("must map header names to exact values", (*path, "headers"))
     return TenantMatch(
-        hosts=tuple(h.lower() for h in hosts),
+        hosts=tuple(hosts),
         destination_namespaces=frozenset(namespaces),
         headers=tuple((k.lower(), v) for k, v in headers.items()),
     )
@@ -186,13 +244,21 @@ class TenantConflict(ValueError):
     """Two tenants claim the same requests."""
 
 
+class Route(NamedTuple):
+    """Where a request goes: ``spec`` None = no tenant; ``matched`` False = ``spec`` owns the
+    request's destination namespace but its own hosts/headers do not match (deny)."""
+
+    spec: TenantSpec | None
+    matched: bool
+
+
 class TenantRouter:
     """Picks the tenant of a request. Built once per snapshot; lookups are dict hits."""
 
     def __init__(self, specs: Iterable[TenantSpec]) -> None:
+        self._namespace: dict[str, TenantSpec] = {}
         self._exact: dict[str, list[TenantSpec]] = {}
         self._wildcard: list[tuple[str, TenantSpec]] = []
-        self._namespace: dict[str, list[TenantSpec]] = {}
         self._headers_only: list[TenantSpec] = []
         self._catch_all: TenantSpec | None = None
         claims: dict[tuple[Any, ...], str] = {}
@@ -206,45 +272,55 @@ class TenantRouter:
 
         for spec in sorted(specs, key=lambda s: s.name):
             m = spec.match
-            rest = (tuple(sorted(m.destination_namespaces)), m.headers)
-            if m.catch_all:
+            if m.destination_namespaces:
+                # A namespace has one owner, whatever its hosts and headers: what the client
+                # sends must not choose between two tenants of one workload.
+                for ns in sorted(m.destination_namespaces):
+                    claim(("destinationNamespace", ns), spec)
+                    self._namespace[ns] = spec
+            elif m.catch_all:
                 claim(("match", "{}"), spec)
                 self._catch_all = spec
             elif m.hosts:
                 for host in m.hosts:
-                    claim(("host", host, *rest), spec)
+                    claim(("host", host, m.headers), spec)
                     if host.startswith("*."):
                         self._wildcard.append((host[1:], spec))
                     else:
                         self._exact.setdefault(host, []).append(spec)
-            elif m.destination_namespaces:
-                for ns in m.destination_namespaces:
-                    claim(("destinationNamespace", ns, m.headers), spec)
-                    self._namespace.setdefault(ns, []).append(spec)
             else:
                 claim(("headers", m.headers), spec)
                 self._headers_only.append(spec)
         self._wildcard.sort(key=lambda item: -len(item[0]))
 
-    def route(
-        self, authority: str, dest_ns: str | None, headers: Mapping[str, str]
-    ) -> TenantSpec | None:
-        host = request_host(authority)
-        for spec in self._candidates(host, dest_ns):
+    def route(self, authority: str, dest_ns: str | None, headers: Mapping[str, str]) -> Route:
+        if dest_ns is not None:
+            owner = self._namespace.get(dest_ns)
+            if owner is not None:
+                host = _request_host(authority) if owner.match.hosts else ""
+                return Route(owner, owner.match.matches(host, dest_ns, headers))
+        host = _request_host(authority)
+        if host is None:
+            return Route(None, False)
+        for spec in self._candidates(host):
             if spec.match.matches(host, dest_ns, headers):
-                return spec
-        return None
+                return Route(spec, True)
+        return Route(None, False)
 
-    def _candidates(self, host: str, dest_ns: str | None) -> Iterable[TenantSpec]:
+    def _candidates(self, host: str) -> Iterable[TenantSpec]:
+        """Tenants that own no namespace, most specific first."""
         yield from self._exact.get(host, ())
         for suffix, spec in self._wildcard:
             if host.endswith(suffix) and len(host) > len(suffix):
                 yield spec
-        if dest_ns is not None:
-            yield from self._namespace.get(dest_ns, ())
         yield from self._headers_only
         if self._catch_all is not None:
             yield self._catch_all
+
+
+# Normalized hosts, by their text: a few hosts make nearly every request. Bounded, so varied
+# input only costs misses.
+_request_host: Final = lru_cache(maxsize=4096)(request_host)
 
 
 def tenant_of(doc: Document) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from extauthz.documents import Document
+from extauthz.tenancy import TenantSpec
 
 __all__ = ["Sink", "Store", "TenantSource"]
 
@@ -36,8 +37,11 @@ class Sink(Protocol):
     def update(self, tenant: str, source: TenantSource | None) -> None:
         """One tenant changed (None: deleted)."""
 
-    def reject(self, tenant: str, version: str, error: Exception) -> None:
-        """A tenant's stored documents could not be parsed; the last good version stays."""
+    def reject(
+        self, tenant: str, version: str, error: Exception, routes: TenantSpec | None = None
+    ) -> None:
+        """A tenant's stored documents could not be parsed; the last good version stays.
+        Without one, the tenant is unavailable on ``routes`` (default: its namespace)."""
 
     def set_connected(self, connected: bool) -> None:
         """Whether the store is reachable (for health and staleness)."""

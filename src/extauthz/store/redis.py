@@ -268,7 +268,7 @@ class RedisStore(Store):
         if self._seen.get(rejected.tenant) == mark:
             return  # reported once per distinct bad value, not once per resync
         self._seen[rejected.tenant] = mark
-        sink.reject(rejected.tenant, rejected.version, rejected.error)
+        sink.reject(rejected.tenant, rejected.version, rejected.error, rejected.routes)
 
     # -- connection state ------------------------------------------------------------------
 

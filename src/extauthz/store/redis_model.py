@@ -30,7 +30,7 @@ from extauthz.documents import Document, document_from_data
 from extauthz.errors import ConflictError, DocumentError, Location, StoreError
 from extauthz.store.base import TenantSource
 from extauthz.store.redis_client import Client
-from extauthz.tenancy import TenantMatch, TenantSpec, check_tenant_name
+from extauthz.tenancy import TenantMatch, TenantSpec, check_tenant_name, normalize_host_pattern
 
 __all__ = [
     "DEFAULT_KEEP",
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 DEFAULT_KEEP: Final = 10
-RECORD_FIELDS: Final = ("version", "deleted", "digest", "documents")
+RECORD_FIELDS: Final = ("version", "deleted", "digest", "documents", "match")
 SCAN_COUNT: Final = 1000
 
 # KEYS: current, history. ARGV: expected version ("" = any), op ("put" | "delete"),
@@ -136,6 +136,7 @@ class Rejected:
     tenant: str
     version: str
     error: DocumentError
+    routes: TenantSpec | None = None  # from the record's stored ``match``, if it still reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +172,7 @@ def decode_documents(text: str, source: str) -> list[Document]:
 
 def decode_record(tenant: str, key: str, values: Sequence[Any]) -> Record:
     """HMGET ``RECORD_FIELDS`` -> Record. Raises DocumentError for anything malformed."""
-    raw_version, deleted, digest, documents = (_text(v) for v in values)
+    raw_version, deleted, digest, documents = (_text(v) for v in values[:4])
     where = Location(f"redis:{key}")
     if raw_version is None:
         raise DocumentError("record has no version (not written by extauthz?)", location=where)
@@ -208,14 +209,24 @@ def match_json(spec: TenantSpec) -> str:
 def spec_of_match(tenant: str, text: str) -> TenantSpec:
     """A routing-only TenantSpec from a stored ``match`` (for conflict checks)."""
     data = json.loads(text)
+    hosts = (normalize_host_pattern(str(h)) for h in data.get("hosts", ()))
     return TenantSpec(
         name=tenant,
         match=TenantMatch(
-            hosts=tuple(data.get("hosts", ())),
+            hosts=tuple(dict.fromkeys(h for h in hosts if h)),
             destination_namespaces=frozenset(data.get("destinationNamespaces", ())),
             headers=tuple((str(k), str(v)) for k, v in data.get("headers", {}).items()),
         ),
     )
+
+
+def _stored_routes(tenant: str, value: bytes | str | None) -> TenantSpec | None:
+    """The routes a rejected record still claims: its stored ``match``, when it reads."""
+    text = _text(value)
+    try:
+        return spec_of_match(tenant, text) if text else None
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 class TenantRepo:
@@ -269,7 +280,8 @@ class TenantRepo:
         try:
             return decode_record(tenant, key, value)
         except DocumentError as exc:
-            return Rejected(tenant, _text(value[0]) or "?", exc)
+            routes = _stored_routes(tenant, value[4] if len(value) > 4 else None)
+            return Rejected(tenant, _text(value[0]) or "?", exc, routes)
 
     async def versions(self) -> dict[str, str]:
         """Every tenant's current version (as text; "" when unreadable), tombstones included."""
