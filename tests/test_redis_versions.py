@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
 from google.rpc import code_pb2
 
 from extauthz.cli import main
@@ -39,6 +40,11 @@ def apply(url: str, tmp_path: Path, paths: list[str]) -> None:
 
 def decide(server: ServerProcess, path: str) -> int:
     return int(server.check(check_request(host="a.test", path=path)).status.code)
+
+
+def reason(server: ServerProcess, path: str) -> str:
+    response = server.check(check_request(host="a.test", path=path))
+    return str(json_format.MessageToDict(response.dynamic_metadata)["reason"])
 
 
 def refused(server: ServerProcess, version: int) -> bool:
@@ -86,6 +92,7 @@ def test_deleted_tenant_rewritten_at_an_older_version_stays_deleted(
         redis_cli(redis.port, "PUBLISH", "extauthz:changes", "t1 2")
         wait_for(lambda: refused(server, 2), what="version 2 refused")
         assert decide(server, "/new") == DENIED
+        assert reason(server, "/new") == "tenant_unknown"  # deleted, not held unavailable
         # A restart is the explicit way back: it forgets the versions it had applied.
         with serving(["--redis-url", redis.url]) as fresh:
             assert decide(fresh, "/new") == OK

@@ -156,12 +156,20 @@ class Registry:
         self._notify()
 
     def reject(
-        self, tenant: str, version: str, error: Exception, routes: TenantSpec | None = None
+        self,
+        tenant: str,
+        version: str,
+        error: Exception,
+        routes: TenantSpec | None = None,
+        *,
+        hold: bool = True,
     ) -> None:
         self._count_reject(tenant, version, error)
         current = self.snapshot.tenants.get(tenant)
-        if not check_tenant_name(tenant) or (current is not None and not current.unavailable):
-            return  # not one tenant's record, or the last good version stays
+        if not hold or not check_tenant_name(tenant):
+            return  # only reported, or not one tenant's record
+        if current is not None and not current.unavailable:
+            return  # the last good version stays
         stand_in = unavailable_tenant(
             tenant, (), error, self._jwks, version=version, now=self._clock(), spec=routes
         )

@@ -38,10 +38,17 @@ class Sink(Protocol):
         """One tenant changed (None: deleted)."""
 
     def reject(
-        self, tenant: str, version: str, error: Exception, routes: TenantSpec | None = None
+        self,
+        tenant: str,
+        version: str,
+        error: Exception,
+        routes: TenantSpec | None = None,
+        *,
+        hold: bool = True,
     ) -> None:
         """A tenant's stored documents could not be parsed; the last good version stays.
-        Without one, the tenant is unavailable on ``routes`` (default: its namespace)."""
+        Without one, the tenant is unavailable on ``routes`` (default: its namespace) when
+        ``hold``; ``hold=False`` only reports (a refused record of a deleted tenant)."""
 
     def set_connected(self, connected: bool) -> None:
         """Whether the store is reachable (for health and staleness)."""

@@ -261,7 +261,9 @@ class RedisStore(Store):
             version=record.version,
             held_version=high,
         )
-        sink.reject(record.tenant, str(record.version), error)
+        # A deleted tenant stays deleted (not held unavailable): what it routed goes on as
+        # after the delete.
+        sink.reject(record.tenant, str(record.version), error, hold=False)
 
     def _reject(self, sink: Sink, rejected: Rejected) -> None:
         mark = f"!{rejected.version}:{rejected.error}"
