@@ -86,6 +86,12 @@ def test_tenants_that_never_loaded_are_unavailable(redis: RedisServer, tmp_path:
             lambda: outcome(server, host="a.test", path="/open/x")[0] == "allow",
             what="t1 served once it compiles",
         )
+        # deleting an undecodable tenant ends its unavailability: its traffic routes as usual
+        assert main(["policy", "delete", "t2", "--redis-url", redis.url]) == 0
+        wait_for(
+            lambda: outcome(server, host="b.test") == ("allow", "allowed", "everything"),
+            what="t2 deleted",
+        )
 
 
 def test_new_tenant_that_fails_to_compile_is_unavailable(

@@ -231,11 +231,13 @@ class RedisStore(Store):
                 elif record.version < self._high.get(tenant, 0):
                     self._refuse_older(sink, record)
                 else:
+                    # a record that was rejected left the tenant held unavailable
+                    was_rejected = self._seen.get(tenant, "").startswith("!")
                     self._seen[tenant] = str(record.version)
                     self._high[tenant] = record.version
                     self._refused.pop(tenant, None)
                     if record.source is None:
-                        if tenant in self._held:
+                        if tenant in self._held or was_rejected:
                             self._held.discard(tenant)
                             sink.update(tenant, None)
                     else:
