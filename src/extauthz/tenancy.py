@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from extauthz.authn import JwtRule, parse_jwt_rules
 from extauthz.documents import Document, Path
+from extauthz.policy.timewindow import TimeWindowError, parse_zone
 
 __all__ = [
     "TenantConflict",
@@ -37,7 +38,7 @@ __all__ = [
 
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _HOST = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?")
-SPEC_FIELDS: Final = frozenset({"match", "trustDomains", "mtls", "jwtRules"})
+SPEC_FIELDS: Final = frozenset({"match", "trustDomains", "mtls", "jwtRules", "timeZone"})
 MATCH_FIELDS: Final = frozenset({"hosts", "destinationNamespaces", "headers"})
 MTLS_MODES: Final = frozenset({"STRICT", "PERMISSIVE"})
 
@@ -96,6 +97,7 @@ class TenantSpec:
     jwt_rules: tuple[JwtRule, ...] = ()
     implicit: bool = False
     source: str = ""
+    time_zone: str = "UTC"  # IANA name: time windows and CEL time functions use it
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -126,6 +128,11 @@ def parse_tenant(doc: Document) -> TenantSpec:
     if mode not in MTLS_MODES:
         raise doc.error(f"must be one of {sorted(MTLS_MODES)}", ("spec", "mtls", "mode"))
     rules = parse_jwt_rules(doc, ("spec", "jwtRules")) if "jwtRules" in spec else ()
+    time_zone = spec.get("timeZone", "UTC")
+    try:
+        parse_zone(time_zone if isinstance(time_zone, str) else "")
+    except TimeWindowError as exc:
+        raise doc.error(str(exc), ("spec", "timeZone")) from None
     return TenantSpec(
         name=doc.name,
         match=match,
@@ -133,6 +140,7 @@ def parse_tenant(doc: Document) -> TenantSpec:
         mtls_strict=mode == "STRICT",
         jwt_rules=rules,
         source=str(doc.location()),
+        time_zone=time_zone,
     )
 
 

@@ -1,0 +1,281 @@
+"""CEL conditions (``extauthz.io/cel``): compiled and type-checked at load, evaluated from memory.
+
+The runtime is Google's C++ CEL implementation (``cel-expr-python``). Every variable is declared
+with its type, so a misspelt variable or field (``request.hedaers``) and a type error
+(``request.method + 1``) are refused when the document is loaded, never at request time.
+
+Variables (absent values are empty strings, empty maps or lists; never missing):
+
+- ``request.method``, ``request.host``, ``request.path`` (normalized, no query): string
+- ``request.query``: map(string, string); repeated keys joined with ``,`` as Envoy joins headers
+- ``request.headers``: map(string, string), lower-case names, repeated headers joined with ``,``
+- ``request.time``: timestamp (the instant of the Check; ``extauthz check --at`` sets it)
+- ``source.principal``, ``source.namespace``, ``source.serviceAccount``, ``source.ip``: string
+- ``destination.principal``, ``destination.ip``: string; ``destination.port``: int
+- ``auth.principal`` (``iss/sub``), ``auth.presenter`` (``azp``): string;
+  ``auth.claims``: map(string, dyn); ``auth.audiences``: list(string)
+- ``tenant.name``, ``tenant.timeZone``: string
+- ``data.contains(set, value)``: whether the tenant's DataSet ``set`` holds ``value``
+
+Cost: the runtime has no cost limit, so it is bounded at validation: an expression is at most
+``MAX_EXPRESSION_BYTES`` long, and comprehension macros (``all``, ``exists``, ``exists_one``,
+``map``, ``filter``) may not nest, so the work of one expression grows linearly with the size
+of the request (whose headers and token Envoy and the authenticator already bound), never as a
+product of request-sized inputs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+from cel_expr_python import cel
+
+from extauthz.model import Subject
+from extauthz.policy.matchers import Ctx
+
+__all__ = [
+    "MAX_EXPRESSION_BYTES",
+    "CelEnv",
+    "CelError",
+    "CelProgram",
+    "ErrorCounter",
+    "activation",
+]
+
+MAX_EXPRESSION_BYTES: Final = 4096
+_COMPREHENSIONS: Final = ("all", "exists", "exists_one", "map", "filter")
+_T = cel.Type
+_STR_MAP: Final = _T.Map(_T.STRING, _T.STRING)
+VARIABLES: Final[Mapping[str, Any]] = {
+    "request.method": _T.STRING,
+    "request.host": _T.STRING,
+    "request.path": _T.STRING,
+    "request.query": _STR_MAP,
+    "request.headers": _STR_MAP,
+    "request.time": _T.TIMESTAMP,
+    "source.principal": _T.STRING,
+    "source.namespace": _T.STRING,
+    "source.serviceAccount": _T.STRING,
+    "source.ip": _T.STRING,
+    "destination.principal": _T.STRING,
+    "destination.ip": _T.STRING,
+    "destination.port": _T.INT,
+    "auth.principal": _T.STRING,
+    "auth.claims": _T.Map(_T.STRING, _T.DYN),
+    "auth.audiences": _T.List(_T.STRING),
+    "auth.presenter": _T.STRING,
+    "tenant.name": _T.STRING,
+    "tenant.timeZone": _T.STRING,
+}
+_DATA_CONTAINS: Final = "data.contains"
+_SET_NAME: Final = re.compile(r"data\.contains\(\s*(?:\"([^\"\\]*)\"|'([^'\\]*)')")
+
+
+class CelError(ValueError):
+    """An expression that does not compile, does not type-check, or costs too much."""
+
+
+@dataclass(slots=True)
+class ErrorCounter:
+    """Evaluation errors of one tenant's CEL conditions (each one decided fail-closed)."""
+
+    count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CelProgram:
+    """One compiled expression. ``__call__`` is True, False, or None for an evaluation error."""
+
+    source: str
+    expression: Any = field(repr=False, compare=False)
+
+    def __call__(self, variables: Mapping[str, Any]) -> bool | None:
+        try:
+            value = self.expression.eval(data=variables)
+        except Exception:  # the runtime raises for values it cannot convert
+            return None
+        result = value.value()
+        return result if type(result) is bool else None
+
+
+class CelEnv:
+    """The CEL environment of one tenant: its name, time zone and data sets."""
+
+    def __init__(self, tenant: str, time_zone: str, datasets: Mapping[str, frozenset[str]]) -> None:
+        self.tenant = tenant
+        self.time_zone = time_zone
+        self.datasets = datasets
+        self.errors = ErrorCounter()
+        decl = cel.FunctionDecl(
+            _DATA_CONTAINS,
+            [
+                cel.Overload(
+                    "extauthz_data_contains_string_string",
+                    _T.BOOL,
+                    [_T.STRING, _T.STRING],
+                    False,
+                    self._contains,
+                )
+            ],
+        )
+        self._env = cel.NewEnv(variables=dict(VARIABLES), functions=[decl])
+
+    def _contains(self, name: str, value: str) -> bool:
+        values = self.datasets.get(name)
+        if values is None:
+            raise KeyError(f"no DataSet {name!r}")  # an evaluation error: fail closed
+        return value in values
+
+    def compile(self, source: str) -> CelProgram:
+        """Compile and type-check ``source``; raises CelError saying what is wrong."""
+        if len(source.encode()) > MAX_EXPRESSION_BYTES:
+            raise CelError(f"longer than {MAX_EXPRESSION_BYTES} bytes")
+        check_cost(source)
+        for name in _set_names(source):
+            if name not in self.datasets:
+                known = ", ".join(sorted(self.datasets)) or "none"
+                raise CelError(f"no DataSet {name!r} in tenant {self.tenant!r} (known: {known})")
+        try:
+            expression = self._env.compile(source)
+        except RuntimeError as exc:
+            raise CelError(_message(str(exc))) from None
+        kind = expression.return_type().name()
+        if kind not in ("BOOL", "DYN"):
+            raise CelError(f"must be a bool expression, not {kind.lower()}")
+        return CelProgram(source, expression)
+
+
+def _message(text: str) -> str:
+    """The runtime's message without its status prefix and caret drawing."""
+    text = text.removeprefix("INVALID_ARGUMENT: ").removesuffix(" [INVALID_ARGUMENT]")
+    first = text.split("\n", 1)[0]
+    return first.removeprefix("ERROR: <input>:")
+
+
+def _set_names(source: str) -> list[str]:
+    return [a or b for a, b in _SET_NAME.findall(source)]
+
+
+def _strip_strings(source: str) -> str:
+    """``source`` with the contents of string and bytes literals blanked out."""
+    out: list[str] = []
+    i, n = 0, len(source)
+    while i < n:
+        ch = source[i]
+        if ch in "\"'":
+            quote = source[i : i + 3] if source[i : i + 3] in ('"""', "'''") else ch
+            raw = i > 0 and source[i - 1] in "rR"
+            j = i + len(quote)
+            while j < n and not source.startswith(quote, j):
+                j += 2 if (source[j] == "\\" and not raw) else 1
+            out.append('""')
+            i = j + len(quote)
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+_MACRO: Final = re.compile(r"\.\s*(" + "|".join(_COMPREHENSIONS) + r")\s*\(")
+
+
+def check_cost(source: str) -> None:
+    """Refuse comprehension macros nested inside each other (raises CelError)."""
+    text = _strip_strings(source)
+    open_macros: list[int] = []  # paren depths at which a macro's arguments open
+    depth = 0
+    i = 0
+    while i < len(text):
+        m = _MACRO.match(text, i)
+        if m is not None:
+            if open_macros:
+                raise CelError(
+                    f"comprehension {m.group(1)!r} nested inside another: "
+                    "the cost would grow with the product of input sizes"
+                )
+            depth += 1
+            open_macros.append(depth)
+            i = m.end()
+            continue
+        ch = text[i]
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            if open_macros and open_macros[-1] == depth:
+                open_macros.pop()
+            depth -= 1
+        i += 1
+
+
+# -- the variables of one request ------------------------------------------------------------
+
+
+def activation(ctx: Ctx, env: CelEnv) -> dict[str, Any]:
+    """The CEL variables of one request (the runtime converts only those an expression uses)."""
+    s = ctx.subject
+    principal = s.principal or ""
+    namespace, account = _workload(principal)
+    claims = ctx.claims or {}
+    variables: dict[str, Any] = {
+        "request.method": s.method,
+        "request.host": s.host,
+        "request.path": s.path,
+        "request.query": _query(s),
+        "request.headers": s.headers,
+        "source.principal": principal,
+        "source.namespace": namespace,
+        "source.serviceAccount": account,
+        "source.ip": str(s.source_ip) if s.source_ip is not None else "",
+        "destination.principal": s.destination_principal or "",
+        "destination.ip": str(s.destination_ip) if s.destination_ip is not None else "",
+        "destination.port": s.destination_port or 0,
+        "auth.principal": _request_principal(claims),
+        "auth.claims": claims,
+        "auth.audiences": _audiences(claims),
+        "auth.presenter": _string(claims.get("azp")),
+        "tenant.name": env.tenant,
+        "tenant.timeZone": env.time_zone,
+    }
+    if s.time is not None:  # without a clock reading, an expression using it fails (closed)
+        variables["request.time"] = s.time
+    return variables
+
+
+def _query(s: Subject) -> dict[str, str]:
+    raw = s.query
+    if not raw:
+        return {}
+    out: dict[str, str] = {}
+    for key, value in parse_qsl(raw, keep_blank_values=True, errors="replace"):
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
+def _workload(principal: str) -> tuple[str, str]:
+    """``spiffe://td/ns/<ns>/sa/<sa>`` -> (ns, sa); ("", "") for any other form."""
+    parts = principal.split("/")
+    if len(parts) == 7 and parts[3] == "ns" and parts[5] == "sa":
+        return parts[4], parts[6]
+    return "", ""
+
+
+def _string(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _request_principal(claims: Mapping[str, Any]) -> str:
+    iss, sub = claims.get("iss"), claims.get("sub")
+    return f"{iss}/{sub}" if isinstance(iss, str) and isinstance(sub, str) else ""
+
+
+def _audiences(claims: Mapping[str, Any]) -> list[str]:
+    aud = claims.get("aud")
+    if isinstance(aud, str):
+        return [aud]
+    if isinstance(aud, list):
+        return [a for a in aud if isinstance(a, str)]
+    return []
