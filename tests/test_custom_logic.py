@@ -297,3 +297,11 @@ def test_large_dataset() -> None:
     )
     assert not allowed(t, claims={"jti": "v99999"})
     assert allowed(t, claims={"jti": "v100000"})
+
+
+def test_cel_reads_verified_claims_views() -> None:
+    """Claims arrive as read-only mappings from the verifier; CEL reads them all the same."""
+    from types import MappingProxyType
+
+    t = tenant(when("extauthz.io/cel", 'auth.claims.org.id == "x"'))
+    assert allowed(t, claims=MappingProxyType({"org": {"id": "x"}, "exp": 1}))

@@ -152,8 +152,12 @@ class CelEnv:
 def _message(text: str) -> str:
     """The runtime's message without its status prefix and caret drawing."""
     text = text.removeprefix("INVALID_ARGUMENT: ").removesuffix(" [INVALID_ARGUMENT]")
-    first = text.split("\n", 1)[0]
-    return first.removeprefix("ERROR: <input>:")
+    first = text.split("\n", 1)[0].removeprefix("ERROR: <input>:").replace(" (in container '')", "")
+    where, sep, rest = first.partition(": ")
+    line, colon, column = where.partition(":")
+    if sep and colon and line.isdigit() and column.isdigit():
+        return f"{rest} (expression line {line}, column {column})"
+    return first
 
 
 def _set_names(source: str) -> list[str]:
@@ -219,13 +223,13 @@ def activation(ctx: Ctx, env: CelEnv) -> dict[str, Any]:
     s = ctx.subject
     principal = s.principal or ""
     namespace, account = _workload(principal)
-    claims = ctx.claims or {}
+    claims = _plain(ctx.claims) if ctx.claims else {}
     variables: dict[str, Any] = {
         "request.method": s.method,
         "request.host": s.host,
         "request.path": s.path,
         "request.query": _query(s),
-        "request.headers": s.headers,
+        "request.headers": dict(s.headers),
         "source.principal": principal,
         "source.namespace": namespace,
         "source.serviceAccount": account,
@@ -243,6 +247,15 @@ def activation(ctx: Ctx, env: CelEnv) -> dict[str, Any]:
     if s.time is not None:  # without a clock reading, an expression using it fails (closed)
         variables["request.time"] = s.time
     return variables
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like data as the dicts and lists the runtime converts (claims are read-only views)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _query(s: Subject) -> dict[str, str]:
