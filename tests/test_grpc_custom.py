@@ -19,6 +19,7 @@ from tests.helpers import (
     Issuer,
     ServerProcess,
     check_request,
+    free_port,
     policy_yaml,
     serving,
     tenant_yaml,
@@ -197,3 +198,18 @@ def test_validate_names_cel_error(tmp_path: Path) -> None:
     assert (
         "undeclared reference to 'request.hedaers.x' (expression line 1, column 16)" in out.stderr
     )
+
+
+def test_cel_errors_are_counted_on_metrics(tmp_path: Path) -> None:
+    """Each fail-closed evaluation error shows on /metrics as extauthz_cel_errors_total."""
+    from tests.test_telemetry_prometheus import scrape
+
+    (tmp_path / "acme.yaml").write_text(documents(datetime.datetime.now(datetime.UTC)))
+    port = free_port()
+    args = ["--policies", str(tmp_path), "--metrics-listen", f"127.0.0.1:{port}"]
+    with serving(args) as srv:
+        assert check(srv, "/banned") == code_pb2.PERMISSION_DENIED
+        assert check(srv, "/banned") == code_pb2.PERMISSION_DENIED
+        samples = scrape(port)
+    (labels, value), *_ = samples["extauthz_cel_errors_total"]
+    assert (labels["tenant"], value) == ("acme", 2.0)
