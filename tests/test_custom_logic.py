@@ -305,3 +305,17 @@ def test_cel_reads_verified_claims_views() -> None:
 
     t = tenant(when("extauthz.io/cel", 'auth.claims.org.id == "x"'))
     assert allowed(t, claims=MappingProxyType({"org": {"id": "x"}, "exp": 1}))
+
+
+def test_referenced_variables() -> None:
+    """Only the variables an expression reads are built per request; spacing does not hide one."""
+    from extauthz.policy.celexpr import referenced
+
+    assert referenced('request . headers["a"] == "auth.claims"') == {"request.headers"}
+    assert referenced("auth.claims.x == tenant.name") == {"auth.claims", "tenant.name"}
+
+
+def test_cel_with_spaced_selects() -> None:
+    """An expression written with spaces around dots still sees its variables."""
+    t = tenant(when("extauthz.io/cel", 'request . headers["x"] == "1" && auth . claims . a == 2'))
+    assert allowed(t, headers={"x": "1"}, claims={"a": 2})

@@ -27,7 +27,7 @@ product of request-sized inputs.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qsl
@@ -92,6 +92,7 @@ class CelProgram:
 
     source: str
     expression: Any = field(repr=False, compare=False)
+    variables: frozenset[str] = frozenset()  # the variables it reads
 
     def __call__(self, variables: Mapping[str, Any]) -> bool | None:
         try:
@@ -146,7 +147,7 @@ class CelEnv:
         kind = expression.return_type().name()
         if kind not in ("BOOL", "DYN"):
             raise CelError(f"must be a bool expression, not {kind.lower()}")
-        return CelProgram(source, expression)
+        return CelProgram(source, expression, referenced(source))
 
 
 def _message(text: str) -> str:
@@ -218,35 +219,64 @@ def check_cost(source: str) -> None:
 # -- the variables of one request ------------------------------------------------------------
 
 
-def activation(ctx: Ctx, env: CelEnv) -> dict[str, Any]:
-    """The CEL variables of one request (the runtime converts only those an expression uses)."""
-    s = ctx.subject
-    principal = s.principal or ""
-    namespace, account = _workload(principal)
-    claims = _plain(ctx.claims) if ctx.claims else {}
-    variables: dict[str, Any] = {
-        "request.method": s.method,
-        "request.host": s.host,
-        "request.path": s.path,
-        "request.query": _query(s),
-        "request.headers": dict(s.headers),
-        "source.principal": principal,
-        "source.namespace": namespace,
-        "source.serviceAccount": account,
-        "source.ip": str(s.source_ip) if s.source_ip is not None else "",
-        "destination.principal": s.destination_principal or "",
-        "destination.ip": str(s.destination_ip) if s.destination_ip is not None else "",
-        "destination.port": s.destination_port or 0,
-        "auth.principal": _request_principal(claims),
-        "auth.claims": claims,
-        "auth.audiences": _audiences(claims),
-        "auth.presenter": _string(claims.get("azp")),
-        "tenant.name": env.tenant,
-        "tenant.timeZone": env.time_zone,
-    }
-    if s.time is not None:  # without a clock reading, an expression using it fails (closed)
-        variables["request.time"] = s.time
-    return variables
+Getter = Callable[[Ctx, "CelEnv"], Any]
+
+
+def _claims(ctx: Ctx) -> dict[str, Any]:
+    return _plain(ctx.claims) if ctx.claims else {}
+
+
+def _ip(value: object) -> str:
+    return str(value) if value is not None else ""
+
+
+GETTERS: Final[Mapping[str, Getter]] = {
+    "request.method": lambda c, e: c.subject.method,
+    "request.host": lambda c, e: c.subject.host,
+    "request.path": lambda c, e: c.subject.path,
+    "request.query": lambda c, e: _query(c.subject),
+    "request.headers": lambda c, e: dict(c.subject.headers),
+    "request.time": lambda c, e: c.subject.time,
+    "source.principal": lambda c, e: c.subject.principal or "",
+    "source.namespace": lambda c, e: _workload(c.subject.principal or "")[0],
+    "source.serviceAccount": lambda c, e: _workload(c.subject.principal or "")[1],
+    "source.ip": lambda c, e: _ip(c.subject.source_ip),
+    "destination.principal": lambda c, e: c.subject.destination_principal or "",
+    "destination.ip": lambda c, e: _ip(c.subject.destination_ip),
+    "destination.port": lambda c, e: c.subject.destination_port or 0,
+    "auth.principal": lambda c, e: _request_principal(c.claims or {}),
+    "auth.claims": lambda c, e: _claims(c),
+    "auth.audiences": lambda c, e: _audiences(c.claims or {}),
+    "auth.presenter": lambda c, e: _string((c.claims or {}).get("azp")),
+    "tenant.name": lambda c, e: e.tenant,
+    "tenant.timeZone": lambda c, e: e.time_zone,
+}
+
+
+def activation(ctx: Ctx, env: CelEnv, names: Iterable[str] = VARIABLES) -> dict[str, Any]:
+    """The CEL variables ``names`` of one request (by default all of them).
+
+    A variable without a value (``request.time`` without a clock reading) is left out, so an
+    expression that reads it fails, and is decided fail-closed.
+    """
+    out: dict[str, Any] = {}
+    for name in names:
+        value = GETTERS[name](ctx, env)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def referenced(source: str) -> frozenset[str]:
+    """The variables ``source`` may read (a superset: names inside comments count too)."""
+    text = _strip_strings(source)
+    return frozenset(name for name, pattern in _REFERENCES.items() if pattern.search(text))
+
+
+_REFERENCES: Final = {
+    name: re.compile(r"\b" + r"\s*\.\s*".join(map(re.escape, name.split("."))) + r"\b")
+    for name in VARIABLES
+}
 
 
 def _plain(value: Any) -> Any:

@@ -88,9 +88,10 @@ def _cel_matcher(
     programs: tuple[CelProgram, ...], env: CelEnv, negate: bool, fail: bool
 ) -> Matcher:
     counter = env.errors
+    names = tuple(sorted(frozenset().union(*(p.variables for p in programs))))
 
     def cel_condition(ctx: Ctx) -> bool:
-        variables = activation(ctx, env)
+        variables = activation(ctx, env, names)
         failed = False
         for program in programs:
             result = program(variables)
