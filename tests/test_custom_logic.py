@@ -319,3 +319,13 @@ def test_cel_with_spaced_selects() -> None:
     """An expression written with spaces around dots still sees its variables."""
     t = tenant(when("extauthz.io/cel", 'request . headers["x"] == "1" && auth . claims . a == 2'))
     assert allowed(t, headers={"x": "1"}, claims={"a": 2})
+
+
+def test_deeply_nested_claims_fail_closed() -> None:
+    """Claims nested too deep to convert are an evaluation error: a DENY on them matches."""
+    deep: Any = "x"
+    for _ in range(5000):
+        deep = [deep]
+    t = tenant(when("extauthz.io/cel", 'auth.claims.tier == "banned"'), action="DENY")
+    assert not allowed(t, claims={"tier": "gold", "deep": deep})
+    assert allowed(t, claims={"tier": "gold"})

@@ -111,19 +111,24 @@ class CelEnv:
         self.time_zone = time_zone
         self.datasets = datasets
         self.errors = ErrorCounter()
-        decl = cel.FunctionDecl(
-            _DATA_CONTAINS,
-            [
-                cel.Overload(
-                    "extauthz_data_contains_string_string",
-                    _T.BOOL,
-                    [_T.STRING, _T.STRING],
-                    False,
-                    self._contains,
-                )
-            ],
-        )
-        self._env = cel.NewEnv(variables=dict(VARIABLES), functions=[decl])
+        self._env: Any = None  # built on the first expression: most tenants have none
+
+    def _runtime(self) -> Any:
+        if self._env is None:
+            decl = cel.FunctionDecl(
+                _DATA_CONTAINS,
+                [
+                    cel.Overload(
+                        "extauthz_data_contains_string_string",
+                        _T.BOOL,
+                        [_T.STRING, _T.STRING],
+                        False,
+                        self._contains,
+                    )
+                ],
+            )
+            self._env = cel.NewEnv(variables=dict(VARIABLES), functions=[decl])
+        return self._env
 
     def _contains(self, name: str, value: str) -> bool:
         values = self.datasets.get(name)
@@ -141,7 +146,7 @@ class CelEnv:
                 known = ", ".join(sorted(self.datasets)) or "none"
                 raise CelError(f"no DataSet {name!r} in tenant {self.tenant!r} (known: {known})")
         try:
-            expression = self._env.compile(source)
+            expression = self._runtime().compile(source)
         except RuntimeError as exc:
             raise CelError(_message(str(exc))) from None
         kind = expression.return_type().name()

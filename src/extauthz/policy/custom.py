@@ -91,7 +91,11 @@ def _cel_matcher(
     names = tuple(sorted(frozenset().union(*(p.variables for p in programs))))
 
     def cel_condition(ctx: Ctx) -> bool:
-        variables = activation(ctx, env, names)
+        try:
+            variables = activation(ctx, env, names)
+        except (RecursionError, ValueError, TypeError):  # e.g. claims nested too deep
+            counter.count += 1
+            return fail
         failed = False
         for program in programs:
             result = program(variables)
