@@ -23,6 +23,7 @@ from tests.helpers import (
     policy_yaml,
     serving,
     tenant_yaml,
+    wait_for,
 )
 
 ISSUER = Issuer(iss="https://issuer.test", kid="k1")
@@ -213,3 +214,18 @@ def test_cel_errors_are_counted_on_metrics(tmp_path: Path) -> None:
         samples = scrape(port)
     (labels, value), *_ = samples["extauthz_cel_errors_total"]
     assert (labels["tenant"], value) == ("acme", 2.0)
+
+
+def test_bad_cel_on_reload_keeps_last_good(tmp_path: Path) -> None:
+    """A file whose CEL no longer type-checks is rejected with its place; the old rules serve."""
+    good = documents(datetime.datetime.now(datetime.UTC))
+    policy = tmp_path / "acme.yaml"
+    policy.write_text(good)
+    with serving(["--policies", str(tmp_path)]) as srv:
+        trial = ISSUER.token(tier="trial", jti="j9")
+        assert check(srv, "/cel", trial, {"x-env": "prod"}) == code_pb2.PERMISSION_DENIED
+        policy.write_text(good.replace('auth.claims.tier == "trial"', "auth.claims.tier + 1"))
+        wait_for(lambda: "invalid CEL expression" in srv.logs(), 10, what="rejection in the logs")
+        assert f"{policy}:" in srv.logs()
+        assert check(srv, "/cel", trial, {"x-env": "prod"}) == code_pb2.PERMISSION_DENIED
+        assert check(srv, "/cel", trial, {"x-env": "dev"}) == code_pb2.OK
