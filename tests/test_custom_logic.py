@@ -329,3 +329,39 @@ def test_deeply_nested_claims_fail_closed() -> None:
     t = tenant(when("extauthz.io/cel", 'auth.claims.tier == "banned"'), action="DENY")
     assert not allowed(t, claims={"tier": "gold", "deep": deep})
     assert allowed(t, claims={"tier": "gold"})
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        'auth.claims.jti in data["revoked-jti"]',
+        'data["revoked-jti"].exists(v, v == auth.claims.jti)',
+    ],
+)
+def test_small_dataset_as_a_list(expression: str) -> None:
+    """A small set can be read as a list, data["revoked-jti"] (the name has a dash)."""
+    t = tenant(when("extauthz.io/cel", expression), action="DENY", extra=REVOKED)
+    assert not allowed(t, claims={"jti": "c3d4"})
+    assert allowed(t, claims={"jti": "zzzz"})
+
+
+def test_large_dataset_as_a_list_is_refused() -> None:
+    """Reading a set of more than 1000 values as a list (copied per request) is refused."""
+    values = ", ".join(f"v{i}" for i in range(1001))
+    extra = REVOKED.replace("[a1b2, c3d4]", f"[{values}]")
+    with pytest.raises(DocumentError, match=r"data\.contains\(name, value\)"):
+        tenant(when("extauthz.io/cel", 'auth.claims.jti in data["revoked-jti"]'), extra=extra)
+
+
+def test_dataset_names_inside_strings_do_not_count() -> None:
+    """A string that looks like data.name is not a read of a set."""
+    t = tenant(
+        when(
+            "extauthz.io/cel",
+            'request.path == "data.nope" || data.contains("revoked-jti", request.path)',
+        ),
+        extra=REVOKED,
+    )
+    assert allowed(t, path="data.nope")
+    assert allowed(t, path="a1b2")
+    assert not allowed(t, path="/x")

@@ -70,9 +70,17 @@ VARIABLES: Final[Mapping[str, Any]] = {
     "auth.presenter": _T.STRING,
     "tenant.name": _T.STRING,
     "tenant.timeZone": _T.STRING,
+    "data": _T.Map(_T.STRING, _T.List(_T.STRING)),
 }
 _DATA_CONTAINS: Final = "data.contains"
 _SET_NAME: Final = re.compile(r"data\.contains\(\s*(?:\"([^\"\\]*)\"|'([^'\\]*)')")
+# ``data`` as a variable (``x in data.name``, ``data["a-b"]``), not the data.contains function
+_DATA_VARIABLE: Final = re.compile(r"\bdata\b(?!\s*\.\s*contains\s*\()")
+_DATA_SELECT: Final = re.compile(
+    r"\bdata\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()|\[\s*[\"']([^\"']*)[\"']\s*\])"
+)
+# Sets an expression reads as lists are copied into the runtime on every evaluation: bounded.
+MAX_COPIED_VALUES: Final = 1000
 
 
 class CelError(ValueError):
@@ -93,6 +101,7 @@ class CelProgram:
     source: str
     expression: Any = field(repr=False, compare=False)
     variables: frozenset[str] = frozenset()  # the variables it reads
+    data: Mapping[str, list[str]] | None = None  # the sets it reads as lists (``data.name``)
 
     def __call__(self, variables: Mapping[str, Any]) -> bool | None:
         try:
@@ -142,9 +151,8 @@ class CelEnv:
             raise CelError(f"longer than {MAX_EXPRESSION_BYTES} bytes")
         check_cost(source)
         for name in _set_names(source):
-            if name not in self.datasets:
-                known = ", ".join(sorted(self.datasets)) or "none"
-                raise CelError(f"no DataSet {name!r} in tenant {self.tenant!r} (known: {known})")
+            self._known(name)
+        data = self._data_variable(source)
         try:
             expression = self._runtime().compile(source)
         except RuntimeError as exc:
@@ -152,7 +160,31 @@ class CelEnv:
         kind = expression.return_type().name()
         if kind not in ("BOOL", "DYN"):
             raise CelError(f"must be a bool expression, not {kind.lower()}")
-        return CelProgram(source, expression, referenced(source))
+        return CelProgram(source, expression, referenced(source), data)
+
+    def _known(self, name: str) -> None:
+        if name not in self.datasets:
+            known = ", ".join(sorted(self.datasets)) or "none"
+            raise CelError(f"no DataSet {name!r} in tenant {self.tenant!r} (known: {known})")
+
+    def _data_variable(self, source: str) -> dict[str, list[str]] | None:
+        """The sets ``source`` reads through the ``data`` variable, as lists, or None."""
+        text = _strip_strings(source)
+        if not _DATA_VARIABLE.search(text):
+            return None
+        selects = [m[1] or source[m.start(2) : m.end(2)] for m in _DATA_SELECT.finditer(text)]
+        # ``data`` used any other way (``data[x]``, ``data.size()``): every set
+        uses = len(_DATA_VARIABLE.findall(text))
+        names = selects if uses == len(selects) else list(self.datasets)
+        for name in selects:
+            self._known(name)
+        size = sum(len(self.datasets[n]) for n in set(names))
+        if size > MAX_COPIED_VALUES:
+            raise CelError(
+                f"reads {size} DataSet values as lists, copied on every request (at most "
+                f"{MAX_COPIED_VALUES}); test membership with data.contains(name, value)"
+            )
+        return {n: sorted(self.datasets[n]) for n in set(names)}
 
 
 def _message(text: str) -> str:
@@ -171,7 +203,8 @@ def _set_names(source: str) -> list[str]:
 
 
 def _strip_strings(source: str) -> str:
-    """``source`` with the contents of string and bytes literals blanked out."""
+    """``source`` with the contents of string and bytes literals blanked out (as ``_``, so
+    positions stay those of ``source``)."""
     out: list[str] = []
     i, n = 0, len(source)
     while i < n:
@@ -182,8 +215,9 @@ def _strip_strings(source: str) -> str:
             j = i + len(quote)
             while j < n and not source.startswith(quote, j):
                 j += 2 if (source[j] == "\\" and not raw) else 1
-            out.append('""')
-            i = j + len(quote)
+            end = min(j + len(quote), n)
+            out.append(quote + "_" * (j - i - len(quote)) + source[j:end])
+            i = end
             continue
         out.append(ch)
         i += 1
@@ -255,6 +289,7 @@ GETTERS: Final[Mapping[str, Getter]] = {
     "auth.presenter": lambda c, e: _string((c.claims or {}).get("azp")),
     "tenant.name": lambda c, e: e.tenant,
     "tenant.timeZone": lambda c, e: e.time_zone,
+    "data": lambda c, e: None,  # each condition passes the sets its expressions read
 }
 
 

@@ -88,7 +88,11 @@ def _cel_matcher(
     programs: tuple[CelProgram, ...], env: CelEnv, negate: bool, fail: bool
 ) -> Matcher:
     counter = env.errors
-    names = tuple(sorted(frozenset().union(*(p.variables for p in programs))))
+    names = tuple(sorted(frozenset().union(*(p.variables for p in programs)) - {"data"}))
+    data: dict[str, list[str]] = {}
+    for program in programs:
+        data.update(program.data or {})
+    reads_data = any(p.data is not None for p in programs)
 
     def cel_condition(ctx: Ctx) -> bool:
         try:
@@ -96,6 +100,8 @@ def _cel_matcher(
         except (RecursionError, ValueError, TypeError):  # e.g. claims nested too deep
             counter.count += 1
             return fail
+        if reads_data:
+            variables["data"] = data
         failed = False
         for program in programs:
             result = program(variables)
