@@ -15,7 +15,11 @@ Variables (absent values are empty strings, empty maps or lists; never missing):
 - ``auth.principal`` (``iss/sub``), ``auth.presenter`` (``azp``): string;
   ``auth.claims``: map(string, dyn); ``auth.audiences``: list(string)
 - ``tenant.name``, ``tenant.timeZone``: string
-- ``data.contains(set, value)``: whether the tenant's DataSet ``set`` holds ``value``
+- ``data.contains(set, value)``: whether the tenant's DataSet ``set`` holds ``value`` (one hash
+  lookup, any size of set)
+- ``data``: map(string, list(string)), the DataSets as lists (``x in data.allowed``,
+  ``data["revoked-jti"]`` for names with a dash). Lists are copied into the runtime on every
+  evaluation, so an expression may read at most ``MAX_COPIED_VALUES`` values this way
 
 Cost: the runtime has no cost limit, so it is bounded at validation: an expression is at most
 ``MAX_EXPRESSION_BYTES`` long, and comprehension macros (``all``, ``exists``, ``exists_one``,
