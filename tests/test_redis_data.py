@@ -118,3 +118,22 @@ def test_served_decision_follows_the_set(url: str) -> None:
         )
         assert data(url, "remove", "--set", "revoked-jti", "j-42") == 0
         wait_for(lambda: server.check(request).status.code == code_pb2.OK, what="allowed again")
+
+
+def test_concurrent_adds_all_land(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Writers racing on one set each retry on a version conflict; no value is lost."""
+    import subprocess
+    import sys
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "extauthz", "data", "add", "--redis-url", url,
+             "--tenant", "acme", "--set", "revoked-jti", f"r{i}"],
+            stdout=subprocess.DEVNULL,
+        )
+        for i in range(4)
+    ]  # fmt: skip
+    assert [p.wait(timeout=60) for p in procs] == [0, 0, 0, 0]
+    capsys.readouterr()
+    assert data(url, "get", "--set", "revoked-jti") == 0
+    assert capsys.readouterr().out == "a1\nr0\nr1\nr2\nr3\n"
