@@ -325,6 +325,16 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {name: deny-debug-from-web, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - when:
+    - key: extauthz.io/cel
+      values: ['source.namespace == "web" && "debug" in request.query']
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: frontend-orders, namespace: shop}
 spec:
   action: ALLOW
@@ -497,6 +507,13 @@ def test_deny_policy_on_header_wins(mesh: EnvoyProcess, pki: Pki) -> None:
     headers = {"x-internal-override": "yes"}
     reply = send(mesh, "/api/orders", context=pki.as_(pki.frontend), headers=headers)
     assert reply.status == 403
+
+
+def test_cel_deny_on_source_and_query(mesh: EnvoyProcess, pki: Pki) -> None:
+    """A CEL DENY on the calling namespace and a query parameter denies through Envoy."""
+    frontend = pki.as_(pki.frontend)
+    assert send(mesh, "/api/orders?debug=1", context=frontend).status == 403
+    assert send(mesh, "/api/orders?page=2", context=frontend).status == 200
 
 
 def test_allows_token_with_required_claim(mesh: EnvoyProcess, pki: Pki, issuer: Issuer) -> None:

@@ -65,6 +65,7 @@ def test_list_shows_tenants_versions_and_policy_counts(
     assert [(r["tenant"], r["version"], r["policies"]) for r in rows] == [
         ("acme", 1, 5),
         ("globex", 1, 3),
+        ("initech", 1, 2),
     ]
 
 

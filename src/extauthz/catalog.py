@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from extauthz.authn import Authenticator, JwksCache
-from extauthz.documents import KIND_TENANT, Document
+from extauthz.datasets import parse_datasets
+from extauthz.documents import KIND_DATASET, KIND_TENANT, Document
 from extauthz.errors import DocumentError, Location
 from extauthz.policy import CompiledPolicies, compile_policies
+from extauthz.policy.custom import CustomContext
 from extauthz.store.base import TenantSource
 from extauthz.tenancy import (
     TenantSpec,
@@ -42,6 +44,7 @@ class CompiledTenant:
     policies: CompiledPolicies
     authenticator: Authenticator
     loaded_at: float = 0.0
+    custom: CustomContext | None = None  # time zone, data sets, CEL error counter
     unavailable: str = ""
 
     @property
@@ -71,12 +74,14 @@ def compile_documents(
     tenant_docs = [d for d in docs if d.kind == KIND_TENANT]
     spec = parse_tenant(tenant_docs[0]) if tenant_docs else implicit_tenant(tenant)
     authenticator = Authenticator(spec.jwt_rules, jwks)
+    custom = CustomContext(tenant, spec.time_zone, parse_datasets(docs))
     policies = compile_policies(
-        [d for d in docs if d.kind != KIND_TENANT],
+        [d for d in docs if d.kind not in (KIND_TENANT, KIND_DATASET)],
         trust_domains=spec.trust_domains,
         space_delimited_claims=tuple(authenticator.space_delimited_claims),
+        custom=custom,
     )
-    return CompiledTenant(spec, version, policies, authenticator, now)
+    return CompiledTenant(spec, version, policies, authenticator, now, custom)
 
 
 def unavailable_tenant(

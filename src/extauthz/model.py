@@ -7,6 +7,7 @@ every stage after ``decode`` is plain Python and can be tested without gRPC.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -59,3 +60,7 @@ class Subject(NamedTuple):
     destination_ip: IPAddress | None = None
     destination_port: int | None = None
     sni: str | None = None
+    # for CEL conditions and time windows (extauthz.io/cel, extauthz.io/time-window)
+    time: datetime.datetime | None = None  # the instant of the Check, from the pipeline's clock
+    query: str = ""  # the query string of :path, without "?"
+    destination_principal: str | None = None

@@ -8,7 +8,9 @@ by the servicer and becomes an ``internal`` deny.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Final, NamedTuple
@@ -78,6 +80,8 @@ class CheckOptions:
     trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
     xff_num_trusted_hops: int = 0
     path_normalization: PathNormalization = PathNormalization.BASE
+    # the instant a Check is decided at (time windows, CEL request.time); `check --at` fixes it
+    clock: Callable[[], datetime.datetime] = field(default=lambda: utc_now())
 
 
 class CheckPipeline:
@@ -87,6 +91,7 @@ class CheckPipeline:
         self._proxies = options.trusted_proxies
         self._hops = options.xff_num_trusted_hops
         self._paths = options.path_normalization
+        self._clock = options.clock
 
     def __call__(self, snapshot: Snapshot, view: RequestView) -> Outcome:
         return self.trace(snapshot, view)[0]
@@ -137,6 +142,9 @@ class CheckPipeline:
             destination_ip=_ip(view.destination_address),
             destination_port=view.destination_port or None,
             sni=view.sni or None,
+            time=self._clock(),
+            query=view.path.partition("?")[2].partition("#")[0],
+            destination_principal=view.destination_principal or None,
         )
         result = evaluate(tenant.policies, subject)
         return self._outcome(tenant, result, principal, authn), tenant, subject
@@ -191,6 +199,10 @@ class CheckPipeline:
             if len(entries) > self._hops:
                 return _ip(entries[-1 - self._hops])
         return _ip(view.source_address)
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _removals(added: list[tuple[str, str]], token_headers: tuple[str, ...]) -> tuple[str, ...]:

@@ -206,6 +206,11 @@ class Telemetry:
             [self._observe_store],
             description="1 while the policy store is reachable",
         )
+        meter.create_observable_counter(
+            "extauthz.cel.errors",
+            [self._observe_cel_errors],
+            description="CEL and time-window evaluation errors (each decided fail-closed)",
+        )
         meter.create_observable_gauge(
             "extauthz.ready", [self._observe_ready], description="1 once policies are loaded"
         )
@@ -235,6 +240,13 @@ class Telemetry:
             Observation(max(0.0, now - t.loaded_at), {"tenant": self._tenant(name)})
             for name, t in self._tenants()
             if t.loaded_at
+        ]
+
+    def _observe_cel_errors(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(t.custom.cel.errors.count, {"tenant": self._tenant(name)})
+            for name, t in self._tenants()
+            if t.custom is not None and t.custom.cel.errors.count
         ]
 
     def _observe_store(self, _: CallbackOptions) -> Iterable[Observation]:

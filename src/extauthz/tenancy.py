@@ -32,6 +32,7 @@ from typing import Any, Final, NamedTuple
 
 from extauthz.authn import JwtRule, parse_jwt_rules
 from extauthz.documents import Document, Path
+from extauthz.policy.timewindow import TimeWindowError, parse_zone
 
 __all__ = [
     "Route",
@@ -55,7 +56,7 @@ _HOST = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[
 # What a request's host may be once normalized: non-empty labels, or a bracketed IPv6 literal.
 _REQUEST_HOST = re.compile(r"[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?(\.[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?)*")
 _IPV6_LITERAL = re.compile(r"\[[0-9a-f:.]+\]")
-SPEC_FIELDS: Final = frozenset({"match", "trustDomains", "mtls", "jwtRules"})
+SPEC_FIELDS: Final = frozenset({"match", "trustDomains", "mtls", "jwtRules", "timeZone"})
 MATCH_FIELDS: Final = frozenset({"hosts", "destinationNamespaces", "headers"})
 MTLS_MODES: Final = frozenset({"STRICT", "PERMISSIVE"})
 
@@ -150,6 +151,7 @@ class TenantSpec:
     jwt_rules: tuple[JwtRule, ...] = ()
     implicit: bool = False
     source: str = ""
+    time_zone: str = "UTC"  # IANA name: time windows and CEL time functions use it
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -180,6 +182,11 @@ def parse_tenant(doc: Document) -> TenantSpec:
     if mode not in MTLS_MODES:
         raise doc.error(f"must be one of {sorted(MTLS_MODES)}", ("spec", "mtls", "mode"))
     rules = parse_jwt_rules(doc, ("spec", "jwtRules")) if "jwtRules" in spec else ()
+    time_zone = spec.get("timeZone", "UTC")
+    try:
+        parse_zone(time_zone if isinstance(time_zone, str) else "")
+    except TimeWindowError as exc:
+        raise doc.error(str(exc), ("spec", "timeZone")) from None
     return TenantSpec(
         name=doc.name,
         match=match,
@@ -187,6 +194,7 @@ def parse_tenant(doc: Document) -> TenantSpec:
         mtls_strict=mode == "STRICT",
         jwt_rules=rules,
         source=str(doc.location()),
+        time_zone=time_zone,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from extauthz.cli.policy import compile_all
 from extauthz.decode import MalformedRequest, decode
 from extauthz.errors import Reason
 from extauthz.pathnorm import PathNormalization
-from extauthz.pipeline import CheckOptions, CheckPipeline
+from extauthz.pipeline import CheckOptions, CheckPipeline, utc_now
 from extauthz.policy import explain
 from extauthz.registry import Snapshot
 from extauthz.response import metadata_of
@@ -46,7 +47,23 @@ def register(sub: Any) -> None:
     )
     _env.add(p, "--xff-num-trusted-hops", default="0", help="hops of x-forwarded-for to trust")
     _env.add(p, "--jwks-ca-file", help="CA bundle for jwksUri fetches (default: system)")
+    p.add_argument(
+        "--at",
+        type=instant,
+        help="decide as at this instant (RFC 3339, e.g. 2026-03-29T01:30:00Z); default now",
+    )
     p.set_defaults(func=run)
+
+
+def instant(text: str) -> datetime.datetime:
+    """An RFC 3339 date-time with an offset (``Z`` or ``+02:00``)."""
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 date-time: {text!r}") from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs an offset (Z or +HH:MM)")
+    return when.astimezone(datetime.UTC)
 
 
 def load_request(path: Path) -> external_auth_pb2.CheckRequest:
@@ -87,10 +104,12 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, json_format.ParseError, MalformedRequest) as exc:
         print(f"error: {args.request}: {exc}", file=sys.stderr)
         return 2
+    at: datetime.datetime | None = args.at
     pipeline = CheckPipeline(
         CheckOptions(
             xff_num_trusted_hops=int(args.xff_num_trusted_hops),
             path_normalization=PathNormalization(args.path_normalization),
+            clock=(lambda: at) if at is not None else utc_now,
         )
     )
     snapshot = Snapshot.build(tenants)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from extauthz.documents import Document, Path, field_name
+from extauthz.policy.custom import CUSTOM_PREFIX, CustomContext, custom_condition
 from extauthz.policy.matchers import (
     MISSING,
     Ctx,
@@ -105,11 +106,13 @@ def compile_policies(
     *,
     trust_domains: Sequence[str] = (),
     space_delimited_claims: Sequence[str] = (),
+    custom: CustomContext | None = None,
 ) -> CompiledPolicies:
     """Validate and compile a tenant's AuthorizationPolicy documents.
 
     ``trust_domains``: the tenant's trust domain followed by its aliases (empty: no aliasing).
     ``space_delimited_claims``: JWT claims split at spaces, besides scope and permission.
+    ``custom``: the tenant's time zone and data sets, for the ``extauthz.io/`` conditions.
     Raises DocumentError for anything malformed.
     """
     seen: dict[str, Document] = {}
@@ -122,7 +125,9 @@ def compile_policies(
             raise doc.error(f"duplicate policy {spec.ref} (also in {seen[spec.ref].location()})")
         seen[spec.ref] = doc
         warnings.extend(spec.warnings)
-        policy, policy_warnings = _compile_policy(spec, tds)
+        if custom is None:
+            custom = CustomContext(doc.namespace)
+        policy, policy_warnings = _compile_policy(spec, tds, custom)
         warnings.extend(policy_warnings)
         policies.append(policy)
 
@@ -152,9 +157,13 @@ def compile_policies(
     )
 
 
-def _compile_policy(spec: PolicySpec, tds: tuple[str, ...]) -> tuple[CompiledPolicy, list[str]]:
+def _compile_policy(
+    spec: PolicySpec, tds: tuple[str, ...], custom: CustomContext
+) -> tuple[CompiledPolicy, list[str]]:
     warnings: list[str] = []
-    rules = tuple(_RuleCompiler(spec, rule, tds, warnings).compile() for rule in (spec.rules or ()))
+    rules = tuple(
+        _RuleCompiler(spec, rule, tds, warnings, custom).compile() for rule in (spec.rules or ())
+    )
     return CompiledPolicy(spec.ref, spec.action, spec.dry_run, rules), warnings
 
 
@@ -168,13 +177,19 @@ Build = Callable[[list[str]], Matcher]
 
 class _RuleCompiler:
     def __init__(
-        self, spec: PolicySpec, rule: RuleSpec, tds: tuple[str, ...], warnings: list[str]
+        self,
+        spec: PolicySpec,
+        rule: RuleSpec,
+        tds: tuple[str, ...],
+        warnings: list[str],
+        custom: CustomContext,
     ) -> None:
         self.spec = spec
         self.doc = spec.doc
         self.rule = rule
         self.tds = tds
         self.warnings = warnings
+        self.custom = custom
         self.dropped = ""
         self.base: Path = ("spec", "rules", rule.index)
 
@@ -293,6 +308,10 @@ class _RuleCompiler:
         label = f"when[{j}]"
         path = (*self.base, "when", j)
         key = cond.key
+        if key.startswith(CUSTOM_PREFIX):  # CEL, time windows: refused, never dropped, if bad
+            vals = (cond.values, cond.not_values)
+            pairs = custom_condition(self.doc, self.spec.action, key, vals, path, self.custom)
+            return [Check(f"{label}.{name}", fn) for name, fn in pairs]
         if key.startswith(_EXPERIMENTAL) and self.spec.action == "DENY":
             raise self.doc.error(
                 f"condition {key!r} cannot be evaluated by an external authorizer (it never "

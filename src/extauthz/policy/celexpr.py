@@ -1,0 +1,368 @@
+"""CEL conditions (``extauthz.io/cel``): compiled and type-checked at load, evaluated from memory.
+
+The runtime is Google's C++ CEL implementation (``cel-expr-python``). Every variable is declared
+with its type, so a misspelt variable or field (``request.hedaers``) and a type error
+(``request.method + 1``) are refused when the document is loaded, never at request time.
+
+Variables (absent values are empty strings, empty maps or lists; never missing):
+
+- ``request.method``, ``request.host``, ``request.path`` (normalized, no query): string
+- ``request.query``: map(string, string); repeated keys joined with ``,`` as Envoy joins headers
+- ``request.headers``: map(string, string), lower-case names, repeated headers joined with ``,``
+- ``request.time``: timestamp (the instant of the Check; ``extauthz check --at`` sets it)
+- ``source.principal``, ``source.namespace``, ``source.serviceAccount``, ``source.ip``: string
+- ``destination.principal``, ``destination.ip``: string; ``destination.port``: int
+- ``auth.principal`` (``iss/sub``), ``auth.presenter`` (``azp``): string;
+  ``auth.claims``: map(string, dyn); ``auth.audiences``: list(string)
+- ``tenant.name``, ``tenant.timeZone``: string
+- ``data.contains(set, value)``: whether the tenant's DataSet ``set`` holds ``value`` (one hash
+  lookup, any size of set)
+- ``data``: map(string, list(string)), the DataSets as lists (``x in data.allowed``,
+  ``data["revoked-jti"]`` for names with a dash). Lists are copied into the runtime on every
+  evaluation, so an expression may read at most ``MAX_COPIED_VALUES`` values this way
+
+Cost: the runtime has no cost limit, so it is bounded at validation: an expression is at most
+``MAX_EXPRESSION_BYTES`` long, and comprehension macros (``all``, ``exists``, ``exists_one``,
+``map``, ``filter``) may not nest, so the work of one expression grows linearly with the size
+of the request (whose headers and token Envoy and the authenticator already bound), never as a
+product of request-sized inputs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+from cel_expr_python import cel
+
+from extauthz.model import Subject
+from extauthz.policy.matchers import Ctx
+
+__all__ = [
+    "MAX_EXPRESSION_BYTES",
+    "CelEnv",
+    "CelError",
+    "CelProgram",
+    "ErrorCounter",
+    "activation",
+]
+
+MAX_EXPRESSION_BYTES: Final = 4096
+_COMPREHENSIONS: Final = ("all", "exists", "exists_one", "map", "filter")
+_T = cel.Type
+_STR_MAP: Final = _T.Map(_T.STRING, _T.STRING)
+VARIABLES: Final[Mapping[str, Any]] = {
+    "request.method": _T.STRING,
+    "request.host": _T.STRING,
+    "request.path": _T.STRING,
+    "request.query": _STR_MAP,
+    "request.headers": _STR_MAP,
+    "request.time": _T.TIMESTAMP,
+    "source.principal": _T.STRING,
+    "source.namespace": _T.STRING,
+    "source.serviceAccount": _T.STRING,
+    "source.ip": _T.STRING,
+    "destination.principal": _T.STRING,
+    "destination.ip": _T.STRING,
+    "destination.port": _T.INT,
+    "auth.principal": _T.STRING,
+    "auth.claims": _T.Map(_T.STRING, _T.DYN),
+    "auth.audiences": _T.List(_T.STRING),
+    "auth.presenter": _T.STRING,
+    "tenant.name": _T.STRING,
+    "tenant.timeZone": _T.STRING,
+    "data": _T.Map(_T.STRING, _T.List(_T.STRING)),
+}
+_DATA_CONTAINS: Final = "data.contains"
+_SET_NAME: Final = re.compile(r"data\.contains\(\s*(?:\"([^\"\\]*)\"|'([^'\\]*)')")
+# ``data`` as a variable (``x in data.name``, ``data["a-b"]``), not the data.contains function
+_DATA_VARIABLE: Final = re.compile(r"\bdata\b(?!\s*\.\s*contains\s*\()")
+_DATA_SELECT: Final = re.compile(
+    r"\bdata\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()|\[\s*[\"']([^\"']*)[\"']\s*\])"
+)
+# Sets an expression reads as lists are copied into the runtime on every evaluation: bounded.
+MAX_COPIED_VALUES: Final = 1000
+
+
+class CelError(ValueError):
+    """An expression that does not compile, does not type-check, or costs too much."""
+
+
+@dataclass(slots=True)
+class ErrorCounter:
+    """Evaluation errors of one tenant's CEL conditions (each one decided fail-closed)."""
+
+    count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CelProgram:
+    """One compiled expression. ``__call__`` is True, False, or None for an evaluation error."""
+
+    source: str
+    expression: Any = field(repr=False, compare=False)
+    variables: frozenset[str] = frozenset()  # the variables it reads
+    data: Mapping[str, list[str]] | None = None  # the sets it reads as lists (``data.name``)
+
+    def __call__(self, variables: Mapping[str, Any]) -> bool | None:
+        try:
+            value = self.expression.eval(data=variables)
+        except Exception:  # the runtime raises for values it cannot convert
+            return None
+        result = value.value()
+        return result if type(result) is bool else None
+
+
+class CelEnv:
+    """The CEL environment of one tenant: its name, time zone and data sets."""
+
+    def __init__(self, tenant: str, time_zone: str, datasets: Mapping[str, frozenset[str]]) -> None:
+        self.tenant = tenant
+        self.time_zone = time_zone
+        self.datasets = datasets
+        self.errors = ErrorCounter()
+        self._env: Any = None  # built on the first expression: most tenants have none
+
+    def _runtime(self) -> Any:
+        if self._env is None:
+            decl = cel.FunctionDecl(
+                _DATA_CONTAINS,
+                [
+                    cel.Overload(
+                        "extauthz_data_contains_string_string",
+                        _T.BOOL,
+                        [_T.STRING, _T.STRING],
+                        False,
+                        self._contains,
+                    )
+                ],
+            )
+            self._env = cel.NewEnv(variables=dict(VARIABLES), functions=[decl])
+        return self._env
+
+    def _contains(self, name: str, value: str) -> bool:
+        values = self.datasets.get(name)
+        if values is None:
+            raise KeyError(f"no DataSet {name!r}")  # an evaluation error: fail closed
+        return value in values
+
+    def compile(self, source: str) -> CelProgram:
+        """Compile and type-check ``source``; raises CelError saying what is wrong."""
+        if len(source.encode()) > MAX_EXPRESSION_BYTES:
+            raise CelError(f"longer than {MAX_EXPRESSION_BYTES} bytes")
+        check_cost(source)
+        for name in _set_names(source):
+            self._known(name)
+        data = self._data_variable(source)
+        try:
+            expression = self._runtime().compile(source)
+        except RuntimeError as exc:
+            raise CelError(_message(str(exc))) from None
+        kind = expression.return_type().name()
+        if kind not in ("BOOL", "DYN"):
+            raise CelError(f"must be a bool expression, not {kind.lower()}")
+        return CelProgram(source, expression, referenced(source), data)
+
+    def _known(self, name: str) -> None:
+        if name not in self.datasets:
+            known = ", ".join(sorted(self.datasets)) or "none"
+            raise CelError(f"no DataSet {name!r} in tenant {self.tenant!r} (known: {known})")
+
+    def _data_variable(self, source: str) -> dict[str, list[str]] | None:
+        """The sets ``source`` reads through the ``data`` variable, as lists, or None."""
+        text = _strip_strings(source)
+        if not _DATA_VARIABLE.search(text):
+            return None
+        selects = [m[1] or source[m.start(2) : m.end(2)] for m in _DATA_SELECT.finditer(text)]
+        # ``data`` used any other way (``data[x]``, ``data.size()``): every set
+        uses = len(_DATA_VARIABLE.findall(text))
+        names = selects if uses == len(selects) else list(self.datasets)
+        for name in selects:
+            self._known(name)
+        size = sum(len(self.datasets[n]) for n in set(names))
+        if size > MAX_COPIED_VALUES:
+            raise CelError(
+                f"reads {size} DataSet values as lists, copied on every request (at most "
+                f"{MAX_COPIED_VALUES}); test membership with data.contains(name, value)"
+            )
+        return {n: sorted(self.datasets[n]) for n in set(names)}
+
+
+def _message(text: str) -> str:
+    """The runtime's message without its status prefix and caret drawing."""
+    text = text.removeprefix("INVALID_ARGUMENT: ").removesuffix(" [INVALID_ARGUMENT]")
+    first = text.split("\n", 1)[0].removeprefix("ERROR: <input>:").replace(" (in container '')", "")
+    where, sep, rest = first.partition(": ")
+    line, colon, column = where.partition(":")
+    if sep and colon and line.isdigit() and column.isdigit():
+        return f"{rest} (expression line {line}, column {column})"
+    return first
+
+
+def _set_names(source: str) -> list[str]:
+    return [a or b for a, b in _SET_NAME.findall(source)]
+
+
+def _strip_strings(source: str) -> str:
+    """``source`` with the contents of string and bytes literals blanked out (as ``_``, so
+    positions stay those of ``source``)."""
+    out: list[str] = []
+    i, n = 0, len(source)
+    while i < n:
+        ch = source[i]
+        if ch in "\"'":
+            quote = source[i : i + 3] if source[i : i + 3] in ('"""', "'''") else ch
+            raw = i > 0 and source[i - 1] in "rR"
+            j = i + len(quote)
+            while j < n and not source.startswith(quote, j):
+                j += 2 if (source[j] == "\\" and not raw) else 1
+            end = min(j + len(quote), n)
+            out.append(quote + "_" * (j - i - len(quote)) + source[j:end])
+            i = end
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+_MACRO: Final = re.compile(r"\.\s*(" + "|".join(_COMPREHENSIONS) + r")\s*\(")
+
+
+def check_cost(source: str) -> None:
+    """Refuse comprehension macros nested inside each other (raises CelError)."""
+    text = _strip_strings(source)
+    open_macros: list[int] = []  # paren depths at which a macro's arguments open
+    depth = 0
+    i = 0
+    while i < len(text):
+        m = _MACRO.match(text, i)
+        if m is not None:
+            if open_macros:
+                raise CelError(
+                    f"comprehension {m.group(1)!r} nested inside another: "
+                    "the cost would grow with the product of input sizes"
+                )
+            depth += 1
+            open_macros.append(depth)
+            i = m.end()
+            continue
+        ch = text[i]
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            if open_macros and open_macros[-1] == depth:
+                open_macros.pop()
+            depth -= 1
+        i += 1
+
+
+# -- the variables of one request ------------------------------------------------------------
+
+
+Getter = Callable[[Ctx, "CelEnv"], Any]
+
+
+def _claims(ctx: Ctx) -> dict[str, Any]:
+    return _plain(ctx.claims) if ctx.claims else {}
+
+
+def _ip(value: object) -> str:
+    return str(value) if value is not None else ""
+
+
+GETTERS: Final[Mapping[str, Getter]] = {
+    "request.method": lambda c, e: c.subject.method,
+    "request.host": lambda c, e: c.subject.host,
+    "request.path": lambda c, e: c.subject.path,
+    "request.query": lambda c, e: _query(c.subject),
+    "request.headers": lambda c, e: dict(c.subject.headers),
+    "request.time": lambda c, e: c.subject.time,
+    "source.principal": lambda c, e: c.subject.principal or "",
+    "source.namespace": lambda c, e: _workload(c.subject.principal or "")[0],
+    "source.serviceAccount": lambda c, e: _workload(c.subject.principal or "")[1],
+    "source.ip": lambda c, e: _ip(c.subject.source_ip),
+    "destination.principal": lambda c, e: c.subject.destination_principal or "",
+    "destination.ip": lambda c, e: _ip(c.subject.destination_ip),
+    "destination.port": lambda c, e: c.subject.destination_port or 0,
+    "auth.principal": lambda c, e: _request_principal(c.claims or {}),
+    "auth.claims": lambda c, e: _claims(c),
+    "auth.audiences": lambda c, e: _audiences(c.claims or {}),
+    "auth.presenter": lambda c, e: _string((c.claims or {}).get("azp")),
+    "tenant.name": lambda c, e: e.tenant,
+    "tenant.timeZone": lambda c, e: e.time_zone,
+    "data": lambda c, e: None,  # each condition passes the sets its expressions read
+}
+
+
+def activation(ctx: Ctx, env: CelEnv, names: Iterable[str] = VARIABLES) -> dict[str, Any]:
+    """The CEL variables ``names`` of one request (by default all of them).
+
+    A variable without a value (``request.time`` without a clock reading) is left out, so an
+    expression that reads it fails, and is decided fail-closed.
+    """
+    out: dict[str, Any] = {}
+    for name in names:
+        value = GETTERS[name](ctx, env)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def referenced(source: str) -> frozenset[str]:
+    """The variables ``source`` may read (a superset: names inside comments count too)."""
+    text = _strip_strings(source)
+    return frozenset(name for name, pattern in _REFERENCES.items() if pattern.search(text))
+
+
+_REFERENCES: Final = {
+    name: re.compile(r"\b" + r"\s*\.\s*".join(map(re.escape, name.split("."))) + r"\b")
+    for name in VARIABLES
+}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like data as the dicts and lists the runtime converts (claims are read-only views)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _query(s: Subject) -> dict[str, str]:
+    raw = s.query
+    if not raw:
+        return {}
+    out: dict[str, str] = {}
+    for key, value in parse_qsl(raw, keep_blank_values=True, errors="replace"):
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
+def _workload(principal: str) -> tuple[str, str]:
+    """``spiffe://td/ns/<ns>/sa/<sa>`` -> (ns, sa); ("", "") for any other form."""
+    parts = principal.split("/")
+    if len(parts) == 7 and parts[3] == "ns" and parts[5] == "sa":
+        return parts[4], parts[6]
+    return "", ""
+
+
+def _string(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _request_principal(claims: Mapping[str, Any]) -> str:
+    iss, sub = claims.get("iss"), claims.get("sub")
+    return f"{iss}/{sub}" if isinstance(iss, str) and isinstance(sub, str) else ""
+
+
+def _audiences(claims: Mapping[str, Any]) -> list[str]:
+    aud = claims.get("aud")
+    if isinstance(aud, str):
+        return [aud]
+    if isinstance(aud, list):
+        return [a for a in aud if isinstance(a, str)]
+    return []

@@ -1,0 +1,130 @@
+"""The ``when`` keys beyond Istio's: ``extauthz.io/cel`` and ``extauthz.io/time-window``.
+
+Both compile at load (a bad value is a DocumentError naming file, line and field, in every
+action: a condition we cannot evaluate is never silently dropped) and evaluate from memory.
+An evaluation error is decided fail-closed: the condition holds in a DENY or AUDIT policy
+(the rule matches, the request is denied) and does not hold in an ALLOW policy; each error is
+counted on the tenant's ``CelEnv.errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+from zoneinfo import ZoneInfo
+
+from extauthz.documents import Document, Path
+from extauthz.policy.celexpr import CelEnv, CelError, CelProgram, activation
+from extauthz.policy.matchers import Ctx, Matcher
+from extauthz.policy.timewindow import TimeWindowError, Windows, parse_windows
+
+__all__ = ["CUSTOM_PREFIX", "KEY_CEL", "KEY_TIME_WINDOW", "CustomContext", "custom_condition"]
+
+CUSTOM_PREFIX: Final = "extauthz.io/"
+KEY_CEL: Final = "extauthz.io/cel"
+KEY_TIME_WINDOW: Final = "extauthz.io/time-window"
+
+
+@dataclass(frozen=True, slots=True)
+class CustomContext:
+    """What a tenant's custom conditions see besides the request: its zone and data sets."""
+
+    tenant: str
+    time_zone: str = "UTC"
+    datasets: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    cel: CelEnv = field(init=False, repr=False, compare=False)
+    zone: ZoneInfo = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cel", CelEnv(self.tenant, self.time_zone, self.datasets))
+        object.__setattr__(self, "zone", ZoneInfo(self.time_zone))
+
+
+def custom_condition(
+    doc: Document,
+    action: str,
+    key: str,
+    values: tuple[tuple[str, ...], tuple[str, ...]],
+    path: Path,
+    context: CustomContext,
+) -> list[tuple[str, Matcher]]:
+    """The (field, matcher) pairs of one ``when`` entry with an ``extauthz.io/`` key.
+
+    ``values``: (values, notValues). Raises DocumentError for a bad key or value.
+    """
+    fail = action != "ALLOW"  # what an evaluation error decides: match in DENY/AUDIT
+    out: list[tuple[str, Matcher]] = []
+    for name, vals, negate in (("values", values[0], False), ("notValues", values[1], True)):
+        if not vals:
+            continue
+        if key == KEY_CEL:
+            programs = tuple(
+                _compile_cel(doc, context.cel, v, (*path, name, i)) for i, v in enumerate(vals)
+            )
+            out.append((name, _cel_matcher(programs, context.cel, negate, fail)))
+        elif key == KEY_TIME_WINDOW:
+            try:
+                windows = parse_windows(vals, context.zone)
+            except TimeWindowError as exc:
+                raise doc.error(str(exc), (*path, name)) from None
+            out.append((name, _window_matcher(windows, context.cel, negate, fail)))
+        else:
+            known = f"{KEY_CEL}, {KEY_TIME_WINDOW}"
+            raise doc.error(
+                f"unknown condition key {key!r} (extauthz.io keys: {known})", (*path, "key")
+            )
+    return out
+
+
+def _compile_cel(doc: Document, env: CelEnv, source: str, path: Path) -> CelProgram:
+    try:
+        return env.compile(source)
+    except CelError as exc:
+        raise doc.error(f"invalid CEL expression: {exc}", path) from None
+
+
+def _cel_matcher(
+    programs: tuple[CelProgram, ...], env: CelEnv, negate: bool, fail: bool
+) -> Matcher:
+    counter = env.errors
+    names = tuple(sorted(frozenset().union(*(p.variables for p in programs)) - {"data"}))
+    data: dict[str, list[str]] = {}
+    for program in programs:
+        data.update(program.data or {})
+    reads_data = any(p.data is not None for p in programs)
+
+    def cel_condition(ctx: Ctx) -> bool:
+        try:
+            variables = activation(ctx, env, names)
+        except (RecursionError, ValueError, TypeError):  # e.g. claims nested too deep
+            counter.count += 1
+            return fail
+        if reads_data:
+            variables["data"] = data
+        failed = False
+        for program in programs:
+            result = program(variables)
+            if result is True:
+                return not negate
+            if result is None:
+                failed = True
+        if failed:
+            counter.count += 1
+            return fail
+        return negate
+
+    return cel_condition
+
+
+def _window_matcher(windows: Windows, env: CelEnv, negate: bool, fail: bool) -> Matcher:
+    counter = env.errors
+
+    def time_window(ctx: Ctx) -> bool:
+        when = ctx.subject.time
+        if when is None:  # no clock reading: decided like an evaluation error
+            counter.count += 1
+            return fail
+        return windows(when) != negate
+
+    return time_window
