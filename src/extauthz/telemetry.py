@@ -25,6 +25,7 @@ later ones share ``_other``, so a deployment with thousands of tenants can't blo
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from enum import Enum
 from typing import Final
@@ -65,6 +66,7 @@ SPAN_NAME: Final = "envoy.service.auth.v3.Authorization/Check"
 OTHER_TENANT: Final = "_other"
 INSTRUMENTATION: Final = "extauthz"
 _DECISION: Final = {True: "allow", False: "deny"}
+_INTERNAL: Final = Reason.INTERNAL
 _EMPTY: Final[Mapping[str, str]] = {}
 # The labels the SDK's Prometheus exporter puts on every sample of this meter.
 SCOPE_LABELS: Final = {
@@ -153,6 +155,7 @@ class Telemetry:
         self.metrics_port: int | None = None  # set by whoever serves the metrics
         self.counts = CheckCounts()
         self._tenant = TenantLabels(max_tenants)
+        self._label = self._tenant.__call__
         self._propagator = propagator or default_propagator()
         self.sampling = sampling_of(tracer_provider)
         self._tracer = (
@@ -206,20 +209,24 @@ class Telemetry:
             self._span(outcome, view, decision_id, seconds)
 
     def _count(self, outcome: Outcome, seconds: float) -> None:
+        # Every Check runs this: module-level names and bound methods, no instance __call__.
         counts = self.counts
-        allowed = outcome.allowed
-        tenant = self._tenant(outcome.tenant)
-        key = (tenant, allowed, outcome.reason)
+        allowed, reason = outcome.allowed, outcome.reason
+        tenant = self._label(outcome.tenant)
+        key = (tenant, allowed, reason)
         checks = counts.checks
         checks[key] = checks.get(key, 0) + 1
-        counts.durations[allowed].observe(seconds)
-        if outcome.jwt_cache_hit is not None:
-            counts.jwt_cache[outcome.jwt_cache_hit] += 1
+        histogram = counts.durations[allowed]
+        histogram.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        histogram.sum += seconds
+        hit = outcome.jwt_cache_hit
+        if hit is not None:
+            counts.jwt_cache[hit] += 1
         shadow = outcome.shadow
         if shadow is not None:
             skey = (tenant, shadow.allowed, allowed)
             counts.shadow[skey] = counts.shadow.get(skey, 0) + 1
-        if outcome.reason is Reason.INTERNAL:
+        if reason is _INTERNAL:
             counts.internal += 1
 
     def _span(
