@@ -18,7 +18,6 @@ exporter gave the synchronous histogram it replaces.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Final
 
@@ -39,17 +38,17 @@ _LE: Final = (*(floatToGoString(b) for b in DURATION_BUCKETS), "+Inf")  # type: 
 
 
 class Histogram:
-    """Fixed buckets: ``counts[i]`` observations in (bounds[i-1], bounds[i]], last one +Inf."""
+    """Fixed buckets: ``counts[i]`` observations in (bounds[i-1], bounds[i]], last one +Inf.
+
+    An observation is ``counts[bisect_left(DURATION_BUCKETS, seconds)] += 1; sum += seconds``
+    (written out in ``Telemetry._count``, the one writer).
+    """
 
     __slots__ = ("counts", "sum")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(DURATION_BUCKETS) + 1)
         self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1
-        self.sum += seconds
 
     def cumulative(self) -> tuple[list[int], float]:
         """(count of observations <= each bound and +Inf, sum), from one copy of the counts."""
