@@ -21,6 +21,10 @@ request as in ``engine.py``: us per stage, GC collections and tracemalloc's peak
 Check, bytes still held after ``--checks`` Checks, the serialized response against the bare
 server's, and what ``dynamic_metadata`` costs (``metadata_of`` + Struct build, and the
 serialization of the response with and without it).
+
+Instructions (``--part instructions``, only when asked: minutes under valgrind): callgrind on
+the in-process loop, instructions and allocator calls per served Check and per observer call,
+counted between two marker calls (``--dump-before=pairwise_new``) so nothing else is in them.
 """
 
 from __future__ import annotations
