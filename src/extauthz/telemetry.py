@@ -1,4 +1,4 @@
-"""Traces and metrics of every Check through the OpenTelemetry SDK.
+"""Traces and metrics of every Check: OpenTelemetry spans, counts read out at collection.
 
 ``Telemetry.observe`` is the servicer's observer: called once per Check, after the response is
 built, synchronously. It adds to plain counts (``telemetry_counts.CheckCounts``) and, when a
