@@ -18,9 +18,9 @@ the median, p99 and mean in microseconds. Stages:
   never awaits), serialize the CheckResponse.
 
 - ``served Check, decision log all|none``: the same, with the servicer ``extauthz serve``
-  builds (``extauthz.app.build``: telemetry and decision log as observer; log lines go to
-  /dev/null through the server's logging setup). Time spent by the log writer thread is not
-  in these numbers, only what the Check itself waits for.
+  builds (``extauthz.app.build``: telemetry with metrics on, as by default, and decision log
+  as observer; log lines go to /dev/null through the server's logging setup). Time spent by
+  the log writer thread is not in these numbers, only what the Check itself waits for.
 
 ``timer`` is an empty call: the floor every other row includes.
 """
@@ -124,7 +124,11 @@ def served_servicer(
     """The servicer ``extauthz serve`` runs, with the given decision log mode."""
     from extauthz.app import build
 
-    components = build(Settings(policies=policies.parent, decision_log=decision_log))
+    # Metrics on, as ``extauthz serve`` has them by default (no endpoint: nothing scrapes).
+    settings = Settings(
+        policies=policies.parent, decision_log=decision_log, metrics_listen="127.0.0.1:0"
+    )
+    components = build(settings)
     components.registry.replace_all({tenant: TenantSource(tenant, "v1", docs)})
     servicer: AuthorizationServicer = components.servicer
     return servicer

@@ -110,13 +110,16 @@ async def test_checks_counted_by_tenant_decision_and_reason(policies: Path) -> N
             (a["tenant"], a["decision"], a["reason"]): p.value
             for a, p in r.points("extauthz.checks")
         }
-        durations = sum(p.count for _, p in r.points("extauthz.check.duration"))
+        durations = {
+            labels["decision"]: n
+            for labels, n in r.samples("extauthz_check_duration_seconds_count")
+        }
     assert counts == {
         ("shop", "allow", "allowed"): 3,
         ("shop", "deny", "no_allow_match"): 1,
         ("", "deny", "tenant_unknown"): 1,
     }
-    assert durations == 5
+    assert durations == {"allow": 3, "deny": 2}
 
 
 async def test_jwt_cache_lookups_counted(policies: Path) -> None:

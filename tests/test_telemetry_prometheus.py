@@ -69,4 +69,6 @@ def test_supervisor_endpoint_gathers_every_worker(tmp_path: Path) -> None:
 
         samples = wait_for(both_workers, 20, what="both workers' metrics")
     assert checks(samples, "allow") == 8
+    assert sum(v for _, v in samples["extauthz_check_duration_seconds_count"]) == 8
+    assert {labels["worker"] for labels, _ in samples["extauthz_check_duration_seconds_count"]}
     assert samples["extauthz_workers"][0][1] == 2

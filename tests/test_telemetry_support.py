@@ -16,6 +16,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
 
 from extauthz.app import build
 from extauthz.server import Server
@@ -53,6 +54,7 @@ class Running:
     stub: Any
     spans: InMemorySpanExporter
     metrics: InMemoryMetricReader
+    prometheus: CollectorRegistry
 
     async def check(self, request: external_auth_pb2.CheckRequest) -> Any:
         return await self.stub.Check(request, timeout=5)
@@ -70,6 +72,15 @@ class Running:
                         out.extend((dict(p.attributes or {}), p) for p in metric.data.data_points)
         return out
 
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """(labels, value) of every Prometheus sample ``name`` (the duration histogram's)."""
+        return [
+            (dict(s.labels), s.value)
+            for family in self.prometheus.collect()
+            for s in family.samples
+            if s.name == name
+        ]
+
 
 @contextlib.asynccontextmanager
 async def running(
@@ -79,10 +90,12 @@ async def running(
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     reader = InMemoryMetricReader()
+    prometheus = CollectorRegistry(auto_describe=True)
     telemetry = Telemetry(
         tracer_provider=tracer_provider if tracing else None,
         meter_provider=MeterProvider(metric_readers=[reader]),
         max_tenants=max_tenants,
+        prometheus_registry=prometheus,
     )
     config = Settings(
         listen=f"127.0.0.1:{free_port()}", policies=policies, decision_log="none", **settings
@@ -96,7 +109,7 @@ async def running(
                 break
             await asyncio.sleep(0.02)
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
-        yield Running(server, stub, spans, reader)
+        yield Running(server, stub, spans, reader, prometheus)
     finally:
         await channel.close()
         await server.shutdown()

@@ -1,14 +1,22 @@
-"""Traces and metrics of every Check through the OpenTelemetry SDK.
+"""Traces and metrics of every Check: OpenTelemetry spans, counts read out at collection.
 
 ``Telemetry.observe`` is the servicer's observer: called once per Check, after the response is
-built, synchronously. It adds to counters and a histogram (in memory; a reader collects them on
-scrape) and, when tracing is on, ends one SERVER span that covers the Check, parented on the
+built, synchronously. It adds to plain counts (``telemetry_counts.CheckCounts``) and, when a
+span may be sampled, ends one SERVER span that covers the Check, parented on the
 ``traceparent`` (W3C) or ``b3``/``x-b3-*`` headers Envoy forwarded in the CheckRequest. The span
 processor batches and exports off the event loop; nothing here does I/O.
 
+Metrics are paid per scrape, not per Check: the counts are reported by observable instruments
+whose callbacks run when a reader collects, and the duration histogram by a prometheus_client
+collector registered next to the SDK's Prometheus reader (``prometheus_registry``). The OTel
+SDK's synchronous instruments cost about 25 us per Check; the plain counts under 2 us.
+
 Off costs nothing: without a tracer provider there is no span code on the path at all, and
-without a meter provider no instrument is touched. ``telemetry_env`` builds both from the
-standard ``OTEL_*`` variables and the settings.
+without a meter provider nothing is counted. A provider whose sampler can never sample
+(``always_off``, ``traceidratio`` 0, parent-based on those) is treated as none; a parent-based
+sampler whose root sampler never samples skips a Check that carries none of the propagator's
+headers (no propagator extract, no non-recording span). ``telemetry_env`` builds both
+providers from the standard ``OTEL_*`` variables and the settings.
 
 Per-tenant labels are capped: the first ``max_tenants`` tenants seen get their own label value,
 later ones share ``_other``, so a deployment with thousands of tenants can't blow up a scrape.
@@ -17,14 +25,23 @@ later ones share ``_other``, so a deployment with thousands of tenants can't blo
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
+from enum import Enum
 from typing import Final
 
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    StaticSampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+from prometheus_client import CollectorRegistry
 
 from extauthz.authn import JwksCache
 from extauthz.catalog import CompiledTenant
@@ -32,19 +49,31 @@ from extauthz.errors import Reason
 from extauthz.model import RequestView
 from extauthz.pipeline import Outcome
 from extauthz.registry import Registry
+from extauthz.telemetry_counts import DURATION_BUCKETS, CheckCounts, DurationCollector
 
-__all__ = ["OTHER_TENANT", "SPAN_NAME", "Telemetry", "TenantLabels", "default_propagator"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "OTHER_TENANT",
+    "SPAN_NAME",
+    "Sampling",
+    "Telemetry",
+    "TenantLabels",
+    "default_propagator",
+    "sampling_of",
+]
 
 SPAN_NAME: Final = "envoy.service.auth.v3.Authorization/Check"
 OTHER_TENANT: Final = "_other"
 INSTRUMENTATION: Final = "extauthz"
-# Seconds: a Check is decided in tens of microseconds, a slow one (JWT verify) in milliseconds.
-DURATION_BUCKETS: Final = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
-)  # fmt: skip
 _DECISION: Final = {True: "allow", False: "deny"}
-_CACHE_RESULT: Final = {True: {"result": "hit"}, False: {"result": "miss"}}
+_INTERNAL: Final = Reason.INTERNAL
 _EMPTY: Final[Mapping[str, str]] = {}
+# The labels the SDK's Prometheus exporter puts on every sample of this meter.
+SCOPE_LABELS: Final = {
+    "otel_scope_name": INSTRUMENTATION,
+    "otel_scope_schema_url": "",
+    "otel_scope_version": "",
+}
 
 
 def default_propagator() -> TextMapPropagator:
@@ -58,6 +87,37 @@ def default_propagator() -> TextMapPropagator:
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     return CompositePropagator([TraceContextTextMapPropagator(), B3MultiFormat()])
+
+
+class Sampling(Enum):
+    """What a tracer provider's sampler can decide for a Check's span, known before asking."""
+
+    NEVER = "never"  # no span is ever sampled: tracing is off
+    PARENT_ONLY = "parent_only"  # sampled only below a remote parent from the trace headers
+    MAYBE = "maybe"  # anything else: ask the SDK every time
+
+
+def sampling_of(provider: TracerProvider | None) -> Sampling:
+    """Classify the provider's sampler; unknown samplers are ``MAYBE`` (always asked)."""
+    sampler = getattr(provider, "sampler", None)
+    if sampler is None:
+        return Sampling.NEVER if provider is None else Sampling.MAYBE
+    if _never(sampler):
+        return Sampling.NEVER
+    if isinstance(sampler, ParentBased) and _never(getattr(sampler, "_root", None)):
+        return Sampling.PARENT_ONLY
+    return Sampling.MAYBE
+
+
+def _never(sampler: object) -> bool:
+    """True for samplers known to drop every span whose parent is remote or absent."""
+    if isinstance(sampler, ParentBased):
+        delegates = ("_root", "_remote_parent_sampled", "_remote_parent_not_sampled")
+        return all(_never(getattr(sampler, name, None)) for name in delegates)
+    if isinstance(sampler, StaticSampler | TraceIdRatioBased):
+        # Static: one decision for all. Ratio: trace id 0 is the likeliest to be sampled.
+        return sampler.should_sample(None, 0, SPAN_NAME).decision is Decision.DROP
+    return False
 
 
 class TenantLabels:
@@ -88,20 +148,35 @@ class Telemetry:
         meter_provider: MeterProvider | None = None,
         max_tenants: int = 100,
         propagator: TextMapPropagator | None = None,
+        prometheus_registry: CollectorRegistry | None = None,
     ) -> None:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.metrics_port: int | None = None  # set by whoever serves the metrics
+        self.counts = CheckCounts()
         self._tenant = TenantLabels(max_tenants)
+        self._label = self._tenant.__call__
         self._propagator = propagator or default_propagator()
+        self.sampling = sampling_of(tracer_provider)
         self._tracer = (
-            tracer_provider.get_tracer(INSTRUMENTATION) if tracer_provider is not None else None
+            tracer_provider.get_tracer(INSTRUMENTATION)
+            if tracer_provider is not None and self.sampling is not Sampling.NEVER
+            else None
+        )
+        # PARENT_ONLY: a Check without any of these headers has no parent, so no sampled span.
+        self._parent_headers = (
+            tuple(sorted(self._propagator.fields)) if self.sampling is Sampling.PARENT_ONLY else ()
         )
         self._registry: Registry | None = None
         self._jwks: JwksCache | None = None
         self._metrics = meter_provider is not None
+        self._prometheus: tuple[CollectorRegistry, DurationCollector] | None = None
         if meter_provider is not None:
             self._instruments(meter_provider.get_meter(INSTRUMENTATION))
+            if prometheus_registry is not None:
+                collector = DurationCollector(self.counts, SCOPE_LABELS)
+                prometheus_registry.register(collector)
+                self._prometheus = (prometheus_registry, collector)
 
     @property
     def tracing(self) -> bool:
@@ -114,6 +189,10 @@ class Telemetry:
 
     def shutdown(self) -> None:
         """Flush and stop exporters (spans still queued are exported)."""
+        if self._prometheus is not None:
+            registry, collector = self._prometheus
+            self._prometheus = None
+            registry.unregister(collector)
         for provider in (self.tracer_provider, self.meter_provider):
             stop = getattr(provider, "shutdown", None)
             if stop is not None:
@@ -130,26 +209,35 @@ class Telemetry:
             self._span(outcome, view, decision_id, seconds)
 
     def _count(self, outcome: Outcome, seconds: float) -> None:
-        decision = _DECISION[outcome.allowed]
-        tenant = self._tenant(outcome.tenant)
-        self._checks.add(1, {"tenant": tenant, "decision": decision, "reason": outcome.reason})
-        self._duration.record(seconds, {"decision": decision})
-        if outcome.jwt_cache_hit is not None:
-            self._jwt_cache.add(1, _CACHE_RESULT[outcome.jwt_cache_hit])
+        # Every Check runs this: module-level names and bound methods, no instance __call__.
+        counts = self.counts
+        allowed, reason = outcome.allowed, outcome.reason
+        tenant = self._label(outcome.tenant)
+        key = (tenant, allowed, reason)
+        checks = counts.checks
+        checks[key] = checks.get(key, 0) + 1
+        histogram = counts.durations[allowed]
+        histogram.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        histogram.sum += seconds
+        hit = outcome.jwt_cache_hit
+        if hit is not None:
+            counts.jwt_cache[hit] += 1
         shadow = outcome.shadow
         if shadow is not None:
-            self._shadow.add(
-                1,
-                {"tenant": tenant, "decision": _DECISION[shadow.allowed], "enforced": decision},
-            )
-        if outcome.reason is Reason.INTERNAL:
-            self._internal.add(1)
+            skey = (tenant, shadow.allowed, allowed)
+            counts.shadow[skey] = counts.shadow.get(skey, 0) + 1
+        if reason is _INTERNAL:
+            counts.internal += 1
 
     def _span(
         self, outcome: Outcome, view: RequestView | None, decision_id: str, seconds: float
     ) -> None:
         assert self._tracer is not None
-        parent: Context = self._propagator.extract(view.headers if view is not None else _EMPTY)
+        headers = view.headers if view is not None else _EMPTY
+        wanted = self._parent_headers
+        if wanted and not any(name in headers for name in wanted):
+            return  # the sampler samples only below a remote parent, and there is none
+        parent: Context = self._propagator.extract(headers)
         end = time.time_ns()
         span = self._tracer.start_span(
             SPAN_NAME, context=parent, kind=SpanKind.SERVER, start_time=end - int(seconds * 1e9)
@@ -160,27 +248,28 @@ class Telemetry:
                 span.set_status(Status(StatusCode.ERROR, "internal error"))
         span.end(end_time=end)
 
-    # -- instruments --------------------------------------------------------------------
+    # -- instruments: every one is read from the counts (or the registry) on collection ---
 
     def _instruments(self, meter: Meter) -> None:
-        self._checks = meter.create_counter(
-            "extauthz.checks", description="Checks by tenant, decision and reason code"
+        meter.create_observable_counter(
+            "extauthz.checks",
+            [self._observe_checks],
+            description="Checks by tenant, decision and reason code",
         )
-        self._duration = meter.create_histogram(
-            "extauthz.check.duration",
-            unit="s",
-            description="Time to decide one Check (decode to response)",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self._shadow = meter.create_counter(
+        meter.create_observable_counter(
             "extauthz.shadow.decisions",
+            [self._observe_shadow],
             description="Dry-run decisions (never enforced), with the enforced decision",
         )
-        self._jwt_cache = meter.create_counter(
-            "extauthz.jwt.cache.lookups", description="Verified-token cache lookups by result"
+        meter.create_observable_counter(
+            "extauthz.jwt.cache.lookups",
+            [self._observe_jwt_cache],
+            description="Verified-token cache lookups by result",
         )
-        self._internal = meter.create_counter(
-            "extauthz.internal.errors", description="Checks denied because of an internal error"
+        meter.create_observable_counter(
+            "extauthz.internal.errors",
+            [self._observe_internal],
+            description="Checks denied because of an internal error",
         )
         meter.create_observable_counter(
             "extauthz.jwks.fetches", [self._observe_jwks], description="JWKS fetches by result"
@@ -214,6 +303,35 @@ class Telemetry:
         meter.create_observable_gauge(
             "extauthz.ready", [self._observe_ready], description="1 once policies are loaded"
         )
+
+    # A series appears once it has been counted, as it did with synchronous instruments.
+
+    def _observe_checks(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(n, {"tenant": tenant, "decision": _DECISION[allowed], "reason": reason})
+            for (tenant, allowed, reason), n in self.counts.checks.copy().items()
+        ]
+
+    def _observe_shadow(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(
+                n,
+                {"tenant": tenant, "decision": _DECISION[shadow], "enforced": _DECISION[enforced]},
+            )
+            for (tenant, shadow, enforced), n in self.counts.shadow.copy().items()
+        ]
+
+    def _observe_jwt_cache(self, _: CallbackOptions) -> Iterable[Observation]:
+        misses, hits = self.counts.jwt_cache
+        return [
+            Observation(n, {"result": result})
+            for n, result in ((misses, "miss"), (hits, "hit"))
+            if n
+        ]
+
+    def _observe_internal(self, _: CallbackOptions) -> Iterable[Observation]:
+        n = self.counts.internal
+        return [Observation(n)] if n else []
 
     def _observe_jwks(self, _: CallbackOptions) -> Iterable[Observation]:
         if self._jwks is None:

@@ -9,8 +9,9 @@ sampler (``OTEL_TRACES_SAMPLER``/``_ARG``, default parent-based always-on), the 
 (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``; service name ``extauthz`` by default) and
 the batch processor (``OTEL_BSP_*``) are the SDK's own readings of the same variables.
 
-Metrics are on when ``--metrics-listen`` is set: a Prometheus reader in this process, served
-over HTTP by prometheus_client from a thread of its own.
+Metrics are on when ``--metrics-listen`` is set: a Prometheus reader in this process (and the
+Check duration histogram's collector, in the same prometheus_client registry), served over HTTP
+by prometheus_client from a thread of its own.
 """
 
 from __future__ import annotations
@@ -84,16 +85,21 @@ def tracer_provider_from_env(environ: Mapping[str, str] | None = None) -> Tracer
 
 def telemetry_from_settings(settings: Settings) -> Telemetry:
     meter_provider: MeterProvider | None = None
+    registry = None
     if settings.metrics_listen:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import REGISTRY
 
+        registry = REGISTRY  # the SDK reader's, served by serve_metrics: both land on /metrics
         meter_provider = MeterProvider(
-            metric_readers=[PrometheusMetricReader()], resource=resource(os.environ)
+            metric_readers=[PrometheusMetricReader(registry=registry)],
+            resource=resource(os.environ),
         )
     return Telemetry(
         tracer_provider=tracer_provider_from_env(),
         meter_provider=meter_provider,
         max_tenants=settings.metrics_max_tenants,
+        prometheus_registry=registry,
     )
 
 
