@@ -50,6 +50,7 @@ class Settings:
     trusted_proxy_cidrs: tuple[str, ...] = ()
     path_normalization: PathNormalization = PathNormalization.BASE
     jwks_ca_file: str | None = None
+    jwks_allow_private: bool = False  # jwksUri may resolve to loopback/private/link-local
     poll_interval: float = 1.0
     grace_period: float = 10.0
     log_level: str = "info"
