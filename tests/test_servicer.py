@@ -192,3 +192,36 @@ async def test_tab_in_header_value_is_allowed(served: Served) -> None:
     """HTAB inside a header value is legal HTTP: the request is decided, here allowed."""
     reply = await served.check(check_request(host=HOST, headers={"x-a": "a\tb"}))
     assert reply.status.code == code_pb2.OK
+
+
+def _nested(depth: int) -> Any:
+    """A claim value that, inside the payload object, nests ``depth`` levels in all."""
+    value: Any = "x"
+    for n in range(depth - 1):
+        value = [value] if n % 2 else {"a": value}
+    return value
+
+
+async def test_claims_nested_too_deep_are_jwt_invalid(served: Served) -> None:
+    """A signed token whose payload nests deeper than 16 levels is a jwt_invalid deny."""
+    deep = ISSUER.token(deep=_nested(17))
+    reply = await served.check(
+        check_request(host=HOST, headers={"authorization": f"Bearer {deep}"})
+    )
+    assert reply.denied_response.status.code == 401
+    ((outcome, _),) = served.recorder.seen
+    assert outcome.reason is Reason.JWT_INVALID
+    assert "nested deeper than 16" in outcome.detail
+    ok = ISSUER.token(deep=_nested(16))
+    reply = await served.check(check_request(host=HOST, headers={"authorization": f"Bearer {ok}"}))
+    assert reply.status.code == code_pb2.OK
+
+
+async def test_oversized_token_is_jwt_invalid(served: Served) -> None:
+    """A token over 16 KiB is a jwt_invalid deny, never parsed."""
+    big = ISSUER.token(pad="x" * 16_000)
+    reply = await served.check(check_request(host=HOST, headers={"authorization": f"Bearer {big}"}))
+    ((outcome, _),) = served.recorder.seen
+    assert reply.denied_response.status.code == 401
+    assert outcome.reason is Reason.JWT_INVALID
+    assert outcome.detail == "token too large"

@@ -148,7 +148,7 @@ class Authenticator:
         if hit is not None and self._still_valid(hit, where):
             return self._result(hit, where, cache_hit=True)
         verified, not_before, not_after = self._verify(token, where, now)
-        self._cache.put(digest, not_before, not_after, verified)
+        self._cache.put(digest, not_before, not_after, verified, cost=len(token))
         return self._result(verified, where, cache_hit=False)
 
     def _verify(
