@@ -48,11 +48,15 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         self._pipeline = pipeline
         self._observer = observer
         self.internal_errors = 0
+        self.checks = 0  # Checks answered
+        self.last_check = 0.0  # time.monotonic() of the latest Check to arrive
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> external_auth_pb2.CheckResponse:
         start = time.perf_counter()
+        self.last_check = time.monotonic()
+        self.checks += 1
         try:
             outcome, view = self._decide(request)
         except Exception:
