@@ -196,6 +196,7 @@ async def cache_factory() -> AsyncIterator[Callable[..., JwksCache]]:
     made: list[JwksCache] = []
 
     def make(**kwargs: Any) -> JwksCache:
+        kwargs.setdefault("allow_private", True)  # the test servers listen on 127.0.0.1
         cache = JwksCache(**kwargs)
         made.append(cache)
         return cache
@@ -385,3 +386,173 @@ async def test_close_stops_fetching(
     count = http_server.served.count()
     await asyncio.sleep(0.3)
     assert http_server.served.count() == count
+
+
+@dataclass
+class Drip:
+    """A server that answers every connection one byte per 100 ms, for ever."""
+
+    url: str
+    closed: threading.Event
+
+
+@pytest.fixture
+def drip_server() -> Iterator[Drip]:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.1)
+    closed = threading.Event()
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        payload = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: " + b"a" * 10_000
+        try:
+            for byte in payload:
+                if stop.is_set():
+                    return
+                conn.sendall(bytes([byte]))
+                time.sleep(0.1)
+        except OSError:  # the client shut the connection
+            closed.set()
+        finally:
+            conn.close()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield Drip(f"http://127.0.0.1:{listener.getsockname()[1]}/jwks.json", closed)
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+async def test_slow_drip_server_is_cut_at_the_deadline(
+    drip_server: Drip, cache_factory: Callable[..., JwksCache]
+) -> None:
+    """A server dripping a byte per 100 ms: the fetch fails at its deadline and the
+    connection is shut, so no thread stays reading it."""
+    # a 2 s deadline: far longer than one byte's wait, so only a total deadline cuts it
+    cache = await started(cache_factory(fetch_timeout=2.0), drip_server.url)
+    await eventually(lambda: cache.fetch_error >= 1, within=8.0)
+    await eventually(drip_server.closed.is_set, within=8.0)
+    assert cache.keys(drip_server.url) is None
+
+
+async def test_rule_timeout_is_the_fetch_deadline(
+    drip_server: Drip, cache_factory: Callable[..., JwksCache]
+) -> None:
+    """A rule's ``timeout`` (300ms) is its URI's fetch deadline, not the 60 s default."""
+    cache = await started(cache_factory(fetch_timeout=60.0))
+    doc = {
+        "apiVersion": "extauthz.io/v1",
+        "kind": "Tenant",
+        "metadata": {"name": "acme"},
+        "spec": {"jwtRules": [{"issuer": ISS, "jwksUri": drip_server.url, "timeout": "300ms"}]},
+    }
+    (document,) = load_documents(yaml.safe_dump(doc), "tenant.yaml")
+    auth = Authenticator(parse_jwt_rules(document, ("spec", "jwtRules")), cache)
+    assert auth.jwks_timeouts == {drip_server.url: 0.3}
+    cache.track(auth.jwks_timeouts)
+    await eventually(lambda: cache.fetch_error >= 1, within=5.0)
+    await eventually(drip_server.closed.is_set, within=5.0)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "169.254.169.254", "10.1.2.3"])
+async def test_private_addresses_are_refused_by_default(
+    host: str, http_server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without allow_private a jwksUri resolving to loopback, link-local or private
+    addresses is never connected to: an error is counted and logged, no keys."""
+    caplog.set_level(logging.WARNING, logger="extauthz.authn")
+    url = http_server.url.replace("127.0.0.1", host)
+    cache = JwksCache(fetch_timeout=2.0)
+    try:
+        await started(cache, url)
+        await eventually(lambda: cache.fetch_error >= 1)
+    finally:
+        await cache.close()
+    assert cache.keys(url) is None
+    assert http_server.served.count() == 0
+    (record,) = [r for r in caplog.records if r.getMessage() == "jwks fetch failed"][:1]
+    assert "non-public address" in record.__dict__["error"]
+
+
+async def test_allow_private_fetches_loopback(http_server: Server) -> None:
+    """With allow_private the same loopback jwksUri is fetched."""
+    cache = JwksCache(allow_private=True)
+    try:
+        await started(cache, http_server.url)
+        await eventually(lambda: cache.keys(http_server.url) is not None)
+    finally:
+        await cache.close()
+
+
+async def test_uris_are_logged_without_credentials(
+    http_server: Server, cache_factory: Callable[..., JwksCache], caplog: pytest.LogCaptureFixture
+) -> None:
+    """userinfo and the query of a jwksUri never reach a log line."""
+    caplog.set_level(logging.INFO, logger="extauthz.authn")
+    url = http_server.url.replace("http://", "http://user:hunter2@") + "?sig=s3cret"
+    cache = await started(cache_factory(), url)
+    await eventually(lambda: cache.keys(url) is not None)
+    logged = [str(r.__dict__.get("jwks_uri")) for r in caplog.records]
+    assert logged
+    assert not any("hunter2" in u or "s3cret" in u or "user" in u for u in logged)
+    assert f"{http_server.url}?..." in logged
+
+
+async def test_untracked_when_no_tenant_uses_it(
+    http_server: Server, cache_factory: Callable[..., JwksCache]
+) -> None:
+    """A registry whose tenants go stops fetching their jwksUri and forgets its keys."""
+    from extauthz.registry import Registry
+    from extauthz.store.base import TenantSource
+
+    cache = await started(cache_factory(refresh_interval=0.1, min_refresh_interval=0.05))
+    doc = {
+        "apiVersion": "extauthz.io/v1",
+        "kind": "Tenant",
+        "metadata": {"name": "acme"},
+        "spec": {
+            "match": {"hosts": ["a.test"]},
+            "jwtRules": [{"issuer": ISS, "jwksUri": http_server.url}],
+        },
+    }
+    registry = Registry(cache)
+    documents = tuple(load_documents(yaml.safe_dump(doc), "t.yaml"))
+    registry.replace_all({"acme": TenantSource("acme", "1", documents)})
+    await eventually(lambda: cache.keys(http_server.url) is not None)
+    registry.replace_all({})
+    assert cache.tracked == frozenset()
+    assert cache.keys(http_server.url) is None
+    count = http_server.served.count()
+    await asyncio.sleep(0.3)
+    assert http_server.served.count() == count
+
+
+async def test_unknown_kid_refreshes_even_with_kidless_keys(
+    http_server: Server, cache_factory: Callable[..., JwksCache]
+) -> None:
+    """A token with a new kid triggers a refetch even when the set has a key without kid."""
+    kidless = {**ECAlgorithm.to_jwk(KEY_1.public_key(), as_dict=True)}
+    http_server.served.body = json.dumps({"keys": [kidless]}).encode()
+    cache = await started(cache_factory(min_refresh_interval=0.1), http_server.url)
+    auth = authenticator(http_server.url, cache)
+    await eventually(lambda: cache.keys(http_server.url) is not None)
+    http_server.served.body = jwks((KEY_2, "k2"))
+    token = sign(KEY_2, "k2")
+    assert auth.authenticate(bearer(token)).error is not None
+    await eventually(lambda: "k2" in (cache.keys(http_server.url) or {}))
+    assert auth.authenticate(bearer(token)).request_principal == f"{ISS}/alice"

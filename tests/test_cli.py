@@ -207,9 +207,13 @@ def test_check_fetches_jwks_uri_keys(tmp_path: Path) -> None:
                 check_request(host="users.test", headers={"authorization": f"Bearer {token}"})
             )
         )
-        out = run("check", "--policies", str(tmp_path), "--request", str(req), "--output", "json")
+        args = ["--policies", str(tmp_path), "--request", str(req), "--output", "json"]
+        out = run("check", *args, "--jwks-allow-private")
         assert out.returncode == 0, out.stdout + out.stderr
         assert json.loads(out.stdout)["request_principal"] == f"{issuer.iss}/alice"
+        refused = run("check", *args)  # 127.0.0.1 is refused by default: no keys, no principal
+        assert "warning: no keys from" in refused.stderr
+        assert json.loads(refused.stdout)["reason"] == "jwt_invalid"
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -162,7 +162,7 @@ def test_jwks_uri_is_fetched_in_the_background(tmp_path: Path) -> None:
             + "---\n"
             + policy_yaml("p", "users", "  rules: [{from: [{source: {requestPrincipals: ['*']}}]}]")
         )
-        with serving(["--policies", str(tmp_path)]) as server:
+        with serving(["--policies", str(tmp_path), "--jwks-allow-private"]) as server:
             token = ISSUER.token()
             wait_for(
                 lambda: call(server, authorization=f"Bearer {token}")[0] == code_pb2.OK,

@@ -58,7 +58,7 @@ def build(
 ) -> Components:
     """Everything ``Server`` runs. Without ``telemetry``, it is built from the settings and
     the ``OTEL_*`` variables; an ``observer`` replaces telemetry and decision log as observer."""
-    jwks = JwksCache(ca_file=settings.jwks_ca_file)
+    jwks = JwksCache(ca_file=settings.jwks_ca_file, allow_private=settings.jwks_allow_private)
     registry = Registry(jwks)
     pipeline = CheckPipeline(settings.check_options())
     if telemetry is None:

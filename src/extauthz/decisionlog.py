@@ -12,6 +12,10 @@ with such names too: a token never reaches a log line.
 ``mode`` selects which decisions are written (``all``, ``deny``, ``none``) and ``sample`` the
 fraction of those. A decision with an AUDIT match, or whose dry-run decision differs from
 the enforced one, is always written: that is what AUDIT and dry-run policies are for.
+
+Masking runs on the event loop for every logged deny, on client text: it scans in linear
+time (string searches and one greedy character-class match per step, never a backtracking
+pattern), so a crafted path costs what its length costs (``bench/redos.py`` measures it).
 """
 
 from __future__ import annotations
@@ -27,18 +31,17 @@ import structlog
 from extauthz.model import RequestView
 from extauthz.pipeline import Outcome
 
-__all__ = ["MASK", "DecisionLog", "Mode", "mask_headers", "mask_path"]
+__all__ = ["MASK", "DecisionLog", "Mode", "mask_headers", "mask_jwts", "mask_path"]
 
 MASK: Final = "[redacted]"
 ALWAYS_MASKED: Final = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 SECRET_WORDS: Final = (
     "token", "jwt", "secret", "password", "session", "api-key", "apikey", "authorization",
 )  # fmt: skip
-_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.?[A-Za-z0-9_-]*")
-_SECRET_PARAM: Final = re.compile(
-    r"([?&;][^=&;#]*(?:token|jwt|secret|password|session|key|code|auth)[^=&;#]*=)[^&;#]*",
-    re.IGNORECASE,
-)
+SECRET_PARAM_WORDS: Final = ("token", "jwt", "secret", "password", "session", "key", "code", "auth")
+# A base64url run: always matches (maybe empty), greedily, without backtracking.
+_B64URL_RUN: Final = re.compile(r"[A-Za-z0-9_-]*")
+_PARAM_SEPARATORS: Final = re.compile(r"([&;#])")
 LOGGER: Final = "extauthz.decision"
 
 
@@ -70,10 +73,70 @@ class _Masker:
         return masked
 
 
+def mask_jwts(text: str) -> str:
+    """Each JWT-shaped run (``eyJ`` + 4 or more base64url, ``.``, 4 or more, optionally
+    ``.`` and a signature) replaced by MASK. Linear: a failed candidate skips its segment."""
+    i = text.find("eyJ")
+    if i < 0:
+        return text
+    out: list[str] = []
+    done = 0
+    while i >= 0:
+        end = _run_end(text, i)  # the header segment
+        if end - i >= 7 and text.startswith(".", end):
+            end_payload = _run_end(text, end + 1)
+            if end_payload - end - 1 >= 4:
+                stop = end_payload
+                if text.startswith(".", stop):
+                    stop = _run_end(text, stop + 1)
+                out += (text[done:i], MASK)
+                done = stop
+                i = text.find("eyJ", stop)
+                continue
+        # any later "eyJ" of this segment has a shorter header and the same next segment
+        i = text.find("eyJ", max(end, i + 1))
+    out.append(text[done:])
+    return "".join(out)
+
+
+def _run_end(text: str, start: int) -> int:
+    """Where the base64url run starting at ``start`` ends."""
+    run = _B64URL_RUN.match(text, start)
+    return run.end() if run is not None else start
+
+
+def mask_params(path: str) -> str:
+    """Values of parameters whose name holds a secret word (``token``, ``key``...) masked.
+
+    A parameter starts after ``?``, ``&`` or ``;``; its name runs to the first ``=`` and its
+    value to the next ``&``, ``;`` or ``#``. Linear: one split, one check per ``=``.
+    """
+    pieces = _PARAM_SEPARATORS.split(path)  # text, separator, text, ...
+    for n in range(0, len(pieces), 2):
+        after_separator = n > 0 and pieces[n - 1] != "#"
+        pieces[n] = _mask_piece(pieces[n], after_separator)
+    return "".join(pieces)
+
+
+def _mask_piece(piece: str, after_separator: bool) -> str:
+    """One piece between ``&``/``;``/``#``: mask after the first ``=`` whose name (from the
+    earliest parameter start before it, past the previous ``=``) names a secret."""
+    start = 0 if after_separator else piece.find("?")
+    while start >= 0:
+        eq = piece.find("=", start)
+        if eq < 0:
+            return piece
+        name = piece[start:eq].lower()
+        if any(word in name for word in SECRET_PARAM_WORDS):
+            return piece[: eq + 1] + MASK
+        start = piece.find("?", eq)  # the next start past this "=" (names hold no "=")
+    return piece
+
+
 def mask_path(path: str) -> str:
     if "?" not in path and "eyJ" not in path:
         return path
-    return _JWT.sub(MASK, _SECRET_PARAM.sub(r"\1" + MASK, path))
+    return mask_jwts(mask_params(path))
 
 
 def mask_headers(headers: Mapping[str, str], masked: Callable[[str], bool]) -> dict[str, str]:
@@ -85,7 +148,7 @@ def mask_headers(headers: Mapping[str, str], masked: Callable[[str], bool]) -> d
         if masked(name):
             out[name] = MASK
         elif "eyJ" in value:
-            out[name] = _JWT.sub(MASK, value)
+            out[name] = mask_jwts(value)
         else:
             out[name] = value
     return out
@@ -129,7 +192,7 @@ class DecisionLog:
         self, outcome: Outcome, view: RequestView | None, decision_id: str, seconds: float
     ) -> dict[str, Any]:
         event: dict[str, Any] = {
-            "decision_id": _JWT.sub(MASK, decision_id) if "eyJ" in decision_id else decision_id,
+            "decision_id": mask_jwts(decision_id),
             "decision": "allow" if outcome.allowed else "deny",
             "reason": str(outcome.reason),
             "status": outcome.status,
@@ -143,7 +206,7 @@ class DecisionLog:
         if outcome.version:
             event["policy_version"] = outcome.version
         if not outcome.allowed and outcome.detail:
-            event["detail"] = _JWT.sub(MASK, outcome.detail)
+            event["detail"] = mask_jwts(outcome.detail)
         if outcome.audits:
             event["audit"] = list(outcome.audits)
         if outcome.jwt_cache_hit is not None:

@@ -3,6 +3,13 @@
 Everything after this module is plain Python. Anything the Check can't be decided without
 (no HTTP attributes, no method, oversized or undecodable headers) is a MalformedRequest,
 which the servicer turns into a deny.
+
+So is a value no conforming proxy forwards, which must never be matched against a policy:
+a control character (U+0000-U+001F, U+007F) in the method, host or path, or in a header
+name or value (horizontal tab excepted in values, where HTTP allows it between words),
+``%00`` in the path, and a header value that is not UTF-8. Sizes are bounded too: the
+path, the host, each header value, all headers together, and the number of
+``x-forwarded-for`` entries (see the ``MAX_*`` constants).
 """
 
 from __future__ import annotations
@@ -13,10 +20,33 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
 from extauthz.model import RequestView
 
-__all__ = ["MAX_HEADERS", "MAX_HEADER_BYTES", "MalformedRequest", "decode"]
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_HEADER_BYTES",
+    "MAX_HEADER_VALUE_BYTES",
+    "MAX_HOST_BYTES",
+    "MAX_PATH_BYTES",
+    "MAX_XFF_ENTRIES",
+    "MalformedRequest",
+    "decode",
+]
 
 MAX_HEADERS: Final = 512
 MAX_HEADER_BYTES: Final = 256 * 1024
+MAX_HEADER_VALUE_BYTES: Final = 64 * 1024  # one header, repeated values joined
+MAX_PATH_BYTES: Final = 16 * 1024
+MAX_HOST_BYTES: Final = 1024
+MAX_XFF_ENTRIES: Final = 64
+# Sizes are counted in characters of the decoded text (a character is at least one byte).
+# Control characters, as bytes for bytes.translate (one C pass, several times faster than a
+# regular expression search on the few KiB of a request's headers).
+_CTL: Final = bytes([*range(0x20), 0x7F])  # method, host, path, header names
+_CTL_VALUE: Final = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])  # values: HTAB allowed
+
+
+def _has_control(text: str, controls: bytes) -> bool:
+    data = text.encode("utf-8", "surrogatepass")
+    return len(data.translate(None, controls)) != len(data)
 
 
 class MalformedRequest(ValueError):
@@ -34,14 +64,17 @@ def decode(request: external_auth_pb2.CheckRequest) -> RequestView:
     method = http.method or headers.get(":method", "")
     if not method:
         raise MalformedRequest("no HTTP method")
+    host = http.host or headers.get(":authority", "")
+    path = http.path or headers.get(":path", "")
+    _check_line(method, host, path)
     source = attrs.source
     destination = attrs.destination
     source_socket = source.address.socket_address
     destination_socket = destination.address.socket_address
     return RequestView(
         method=method,
-        host=http.host or headers.get(":authority", ""),
-        path=http.path or headers.get(":path", ""),
+        host=host,
+        path=path,
         scheme=http.scheme,
         protocol=http.protocol,
         request_id=http.id,
@@ -55,6 +88,35 @@ def decode(request: external_auth_pb2.CheckRequest) -> RequestView:
         sni=attrs.tls_session.sni,
         context_extensions=dict(attrs.context_extensions),
     )
+
+
+def _check_line(method: str, host: str, path: str) -> None:
+    """Method, host and path: bounded, no control character, no NUL spelled ``%00``."""
+    if len(path) > MAX_PATH_BYTES:
+        raise MalformedRequest(f"path longer than {MAX_PATH_BYTES} bytes")
+    if len(host) > MAX_HOST_BYTES:
+        raise MalformedRequest(f"host longer than {MAX_HOST_BYTES} bytes")
+    if _has_control(method + host + path, _CTL):
+        raise MalformedRequest("control character in method, host or path")
+    if "%00" in path:
+        raise MalformedRequest("%00 in path")
+
+
+def _check_headers(headers: dict[str, str]) -> None:
+    """Names and values free of control characters (HTAB allowed in values), each value
+    bounded, and x-forwarded-for with at most MAX_XFF_ENTRIES entries."""
+    values = "".join(headers.values())
+    if _has_control(values, _CTL_VALUE) or _has_control("".join(headers), _CTL):
+        raise MalformedRequest("control character in a header")
+    if len(values) > MAX_HEADER_VALUE_BYTES:  # only then can one value be too long
+        for name, value in headers.items():
+            if len(value) > MAX_HEADER_VALUE_BYTES:
+                raise MalformedRequest(
+                    f"header {name!r} longer than {MAX_HEADER_VALUE_BYTES} bytes"
+                )
+    xff = headers.get("x-forwarded-for")
+    if xff is not None and xff.count(",") >= MAX_XFF_ENTRIES:
+        raise MalformedRequest(f"x-forwarded-for has more than {MAX_XFF_ENTRIES} entries")
 
 
 def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> dict[str, str]:
@@ -88,4 +150,5 @@ def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> dict[s
             out[name] = f"{out[name]},{value}" if name in out else value
     if size > MAX_HEADER_BYTES:
         raise MalformedRequest(f"headers larger than {MAX_HEADER_BYTES} bytes")
+    _check_headers(out)
     return out

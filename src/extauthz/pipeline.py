@@ -45,8 +45,12 @@ HEADER_REQUEST_PRINCIPAL: Final = "x-extauthz-request-principal"
 # Headers we set for the upstream; a client's own copies never reach it.
 OWN_HEADERS: Final = (HEADER_TENANT, HEADER_PRINCIPAL, HEADER_REQUEST_PRINCIPAL)
 # Parsed addresses and SPIFFE IDs, by their text: a few proxies and workloads send nearly every
-# request, and the parsed values are immutable. Bounded, so varied input only costs misses.
+# request, and the parsed values are immutable. Bounded in entries and in bytes (only texts of
+# at most _MEMO_MAX_CHARS are memoized, longer ones are parsed each time), so varied input
+# only costs misses: at most 4096 x 256 characters per memo.
 _PARSED_CACHE: Final = 4096
+_MEMO_MAX_CHARS: Final = 256
+_MAX_IP_CHARS: Final = 64  # the longest IPv6 text with a zone id is shorter
 
 
 class Outcome(NamedTuple):
@@ -213,14 +217,22 @@ def _removals(added: list[tuple[str, str]], token_headers: tuple[str, ...]) -> t
     return own + tuple(h for h in token_headers if h not in names)
 
 
-@lru_cache(maxsize=_PARSED_CACHE)
 def _source_spiffe_id(source_principal: str) -> SpiffeId | None:
     """What ``peer_identity`` makes of ``source.principal`` (raises PeerIdentityError)."""
+    if len(source_principal) > _MEMO_MAX_CHARS:
+        return _parse_source(source_principal)
+    return _source_memo(source_principal)
+
+
+def _parse_source(source_principal: str) -> SpiffeId | None:
     return parse_spiffe_id(source_principal) if source_principal else None
 
 
-@lru_cache(maxsize=_PARSED_CACHE)
 def _ip(value: str) -> IPAddress | None:
+    return _ip_memo(value) if len(value) <= _MAX_IP_CHARS else None
+
+
+def _parse_ip(value: str) -> IPAddress | None:
     if not value:
         return None
     try:
@@ -229,8 +241,13 @@ def _ip(value: str) -> IPAddress | None:
         return None
 
 
-@lru_cache(maxsize=_PARSED_CACHE)
 def _namespace_of(destination_principal: str) -> str | None:
+    if len(destination_principal) > _MEMO_MAX_CHARS:
+        return _parse_namespace(destination_principal)
+    return _namespace_memo(destination_principal)
+
+
+def _parse_namespace(destination_principal: str) -> str | None:
     if not destination_principal:
         return None
     try:
@@ -238,3 +255,8 @@ def _namespace_of(destination_principal: str) -> str | None:
     except ValueError:
         return None
     return spiffe.namespace
+
+
+_source_memo: Final = lru_cache(maxsize=_PARSED_CACHE)(_parse_source)
+_ip_memo: Final = lru_cache(maxsize=_PARSED_CACHE)(_parse_ip)
+_namespace_memo: Final = lru_cache(maxsize=_PARSED_CACHE)(_parse_namespace)

@@ -218,7 +218,7 @@ class Registry:
             )
         for warning in compiled.warnings:
             log.warning("policy warning", tenant=source.tenant, warning=warning)
-        self._jwks.track(compiled.authenticator.jwks_uris)
+        self._jwks.track(compiled.authenticator.jwks_timeouts)
         return compiled
 
     def _resolve_conflicts(self, tenants: dict[str, CompiledTenant]) -> Snapshot:
@@ -245,6 +245,7 @@ class Registry:
 
     def _swap(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
+        self._jwks.retain(u for t in snapshot.tenants.values() for u in t.authenticator.jwks_uris)
         self.stats.last_change = self._clock()
 
     def _count_reject(self, tenant: str, version: str, error: Exception) -> None:

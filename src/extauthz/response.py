@@ -4,10 +4,15 @@ Allow: ``status OK`` and an ``ok_response`` with the headers for the upstream an
 headers to remove. Deny: a non-OK status and a ``denied_response`` (403 for policy, 401 with
 ``www-authenticate`` for a bad token) with a short body that says nothing of our policies.
 Every response carries ``dynamic_metadata`` for Envoy's access logs.
+
+A header for the upstream whose name is not an HTTP token, or whose value holds a control
+character (HTAB allowed) or a lone surrogate (a JSON ``"\\ud800"`` claim), raises
+``InvalidHeader``: the servicer turns that, like any failure here, into a logged deny.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from envoy.config.core.v3 import base_pb2
@@ -19,12 +24,18 @@ from google.rpc import code_pb2
 from extauthz.errors import Reason
 from extauthz.pipeline import Outcome
 
-__all__ = ["build_response", "internal_error_response", "metadata_of"]
+__all__ = ["InvalidHeader", "build_response", "internal_error_response", "metadata_of"]
 
 _OVERWRITE: Final = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _BODY: Final = {401: "unauthorized\n", 403: "access denied\n"}
 _GRPC_CODE: Final = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
 WWW_AUTHENTICATE: Final = 'Bearer realm="extauthz", error="invalid_token"'
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")  # RFC 9110 token, lower case
+_BAD_VALUE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+
+
+class InvalidHeader(ValueError):
+    """A header for the upstream that Envoy would refuse or could not encode."""
 
 
 def metadata_of(outcome: Outcome, decision_id: str) -> dict[str, object]:
@@ -55,6 +66,7 @@ def build_response(outcome: Outcome, decision_id: str = "") -> external_auth_pb2
     response = external_auth_pb2.CheckResponse()
     _set_metadata(response.dynamic_metadata, metadata_of(outcome, decision_id))
     if outcome.allowed:
+        _check_headers(outcome.headers_to_add)
         response.status.code = code_pb2.OK
         ok = response.ok_response
         add = ok.headers.add
@@ -68,6 +80,14 @@ def build_response(outcome: Outcome, decision_id: str = "") -> external_auth_pb2
     response.MergeFrom(_DENIED[status])
     response.status.message = str(outcome.reason)
     return response
+
+
+def _check_headers(headers: tuple[tuple[str, str], ...]) -> None:
+    for name, _ in headers:
+        if _HEADER_NAME.fullmatch(name) is None:
+            raise InvalidHeader(f"header name {name!r} is not an HTTP token")
+    if _BAD_VALUE.search("".join([value for _, value in headers])) is not None:
+        raise InvalidHeader("a header value holds a control character or a lone surrogate")
 
 
 def _set_metadata(struct: struct_pb2.Struct, meta: dict[str, object]) -> None:

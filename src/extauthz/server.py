@@ -1,8 +1,11 @@
 """The server's lifecycle, top to bottom: startup -> serve until a signal -> drain -> exit.
 
-Signal handlers only set an event or a flag. On SIGTERM (or SIGINT) health turns NOT_SERVING,
-the server stops taking new calls and waits up to the grace period for those in flight, then
-the store, the JWKS cache and the telemetry exporters are closed. SIGHUP asks the store to
+Signal handlers only set an event or a flag. On SIGTERM (or SIGINT) health turns NOT_SERVING
+and the server keeps answering until no Check has arrived for DRAIN_QUIET seconds (or the
+grace period is spent): Checks already queued in the server or on the wire are decided, not
+cancelled. Then it stops taking new calls and waits what is left of the grace period (at
+least a second) for those in flight, and closes the store, the JWKS cache and the telemetry
+exporters. SIGHUP asks the store to
 re-read its documents now (a store with a ``reload()``; the file store has one).
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from typing import Any, Final, Protocol, runtime_checkable
 
 import grpc
@@ -27,6 +31,7 @@ __all__ = ["Server", "serve"]
 
 log = structlog.get_logger("extauthz.server")
 
+DRAIN_QUIET: Final = 0.5  # seconds without a new Check that end the drain
 GRPC_OPTIONS: Final = (
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.max_concurrent_streams", 1024),
@@ -92,7 +97,8 @@ class Server:
         await self.health.drain()
         if self._grpc is not None:
             log.info("draining", grace_seconds=c.settings.grace_period)
-            await self._grpc.stop(c.settings.grace_period)
+            remaining = await self._drain(c.settings.grace_period)
+            await self._grpc.stop(max(1.0, remaining))
         if self._store_task is not None:
             self._store_task.cancel()
             await asyncio.gather(self._store_task, return_exceptions=True)
@@ -103,6 +109,21 @@ class Server:
             self._metrics_server.server_close()
         c.telemetry.shutdown()
         log.info("stopped")
+
+    async def _drain(self, grace: float) -> float:
+        """Answer Checks until DRAIN_QUIET passes without one (at most ``grace`` seconds);
+        returns the grace left."""
+        servicer = self.components.servicer
+        start, answered = time.monotonic(), servicer.checks
+        deadline = start + grace
+        while True:
+            now = time.monotonic()
+            quiet_until = max(servicer.last_check, start) + DRAIN_QUIET
+            if now >= deadline or now >= quiet_until:
+                break
+            await asyncio.sleep(min(quiet_until, deadline) - now)
+        log.info("drained", checks_answered=servicer.checks - answered)
+        return max(0.0, deadline - time.monotonic())
 
     def _start_metrics(self) -> None:
         c = self.components

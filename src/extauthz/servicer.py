@@ -2,7 +2,9 @@
 
 Decode, run the pipeline, map the outcome: nothing here awaits, so a Check is decided in one
 step of the event loop from memory only. Anything unexpected, a request that can't be
-decoded, a server that has no policies yet, or a deadline already spent ends in a deny.
+decoded, a server that has no policies yet, a deadline already spent, or a response that
+can't be built (a header Envoy would refuse) ends in a deny, which is observed (logged and
+counted) like any other decision. A failing observer changes nothing of the response.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import grpc
 import structlog
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.rpc import code_pb2
 
 from extauthz.decode import MalformedRequest, decode
 from extauthz.errors import Reason
@@ -45,11 +48,15 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         self._pipeline = pipeline
         self._observer = observer
         self.internal_errors = 0
+        self.checks = 0  # Checks answered
+        self.last_check = 0.0  # time.monotonic() of the latest Check to arrive
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> external_auth_pb2.CheckResponse:
         start = time.perf_counter()
+        self.last_check = time.monotonic()
+        self.checks += 1
         try:
             outcome, view = self._decide(request)
         except Exception:
@@ -60,7 +67,14 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         if remaining is not None and remaining <= 0:
             outcome = deny(Reason.DEADLINE, "deadline exceeded", tenant=outcome.tenant)
         decision_id = (view.request_id if view is not None else "") or os.urandom(8).hex()
-        response = build_response(outcome, decision_id)
+        try:
+            response = build_response(outcome, decision_id)
+        except Exception as exc:
+            self.internal_errors += 1
+            log.error("response could not be built; denying", error=repr(exc)[:200])
+            detail = f"response: {type(exc).__name__}"
+            outcome = deny(Reason.INTERNAL, detail, tenant=outcome.tenant)
+            response = _internal_response(outcome, decision_id)
         try:
             self._observer(outcome, view, decision_id, time.perf_counter() - start)
         except Exception:
@@ -79,3 +93,14 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         except MalformedRequest as exc:
             return deny(Reason.MALFORMED_REQUEST, str(exc)), None
         return self._pipeline(registry.snapshot, view), view
+
+
+def _internal_response(outcome: Outcome, decision_id: str) -> external_auth_pb2.CheckResponse:
+    """The deny for a response that could not be built; a bare 403 if even that fails."""
+    try:
+        return build_response(outcome, decision_id)
+    except Exception:
+        response = external_auth_pb2.CheckResponse()
+        response.status.code = code_pb2.PERMISSION_DENIED
+        response.denied_response.status.code = 403
+        return response

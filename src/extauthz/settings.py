@@ -51,6 +51,7 @@ class Settings:
     trusted_proxy_xfcc: str = "SANITIZE_SET"  # the proxies' forward_client_cert_details
     path_normalization: PathNormalization = PathNormalization.BASE
     jwks_ca_file: str | None = None
+    jwks_allow_private: bool = False  # jwksUri may resolve to loopback/private/link-local
     poll_interval: float = 1.0
     grace_period: float = 10.0
     log_level: str = "info"

@@ -104,6 +104,15 @@ class Authenticator:
         return frozenset(r.jwks_uri for r in self._rules if r.jwks_uri is not None)
 
     @property
+    def jwks_timeouts(self) -> Mapping[str, float]:
+        """Each jwksUri with its fetch deadline: the largest ``timeout`` of the rules using it."""
+        out: dict[str, float] = {}
+        for rule in self._rules:
+            if rule.jwks_uri is not None:
+                out[rule.jwks_uri] = max(rule.timeout, out.get(rule.jwks_uri, 0.0))
+        return out
+
+    @property
     def space_delimited_claims(self) -> frozenset[str]:
         return frozenset(c for r in self._rules for c in r.space_delimited_claims)
 
@@ -139,7 +148,7 @@ class Authenticator:
         if hit is not None and self._still_valid(hit, where):
             return self._result(hit, where, cache_hit=True)
         verified, not_before, not_after = self._verify(token, where, now)
-        self._cache.put(digest, not_before, not_after, verified)
+        self._cache.put(digest, not_before, not_after, verified, cost=len(token))
         return self._result(verified, where, cache_hit=False)
 
     def _verify(
@@ -176,11 +185,13 @@ class Authenticator:
         if parsed.kid is not None and parsed.kid in keys:
             names = [parsed.kid]
         else:
+            # an unknown kid may be a rotation: refetch (rate-limited), even if a key without
+            # kid is there to try meanwhile
+            if parsed.kid is not None and rule.jwks_uri is not None:
+                self._jwks.request_refresh(rule.jwks_uri)
             # a key without kid may verify any token; a token without kid may use any key
             names = [n for n, k in keys.items() if parsed.kid is None or k.kid is None]
             if not names:
-                if rule.jwks_uri is not None:
-                    self._jwks.request_refresh(rule.jwks_uri)
                 raise InvalidToken("unknown kid")
             names = [n for n in names if parsed.alg in keys[n].algorithms][:MAX_KIDLESS_TRIES]
         by_key = {id(keys[n]): n for n in names}

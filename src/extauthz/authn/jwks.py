@@ -6,25 +6,35 @@ A failed first fetch is retried with backoff (1 s doubling, capped at
 ``min_refresh_interval``). A failed fetch keeps the last good keys. The hot path only reads
 ``keys()``, a dict lookup; ``request_refresh()`` sets a flag and wakes the task, nothing more.
 
-Fetching uses urllib in a worker thread: HTTPS verified against the system CAs or
-``ca_file``, no redirects, a socket timeout plus an overall deadline, bodies over 1 MiB and
-anything that is not a usable JWKS rejected.
+Fetching runs in a worker thread with http.client: HTTPS verified against the system CAs or
+``ca_file``, no redirects, no proxies, bodies over 1 MiB and anything that is not a usable
+JWKS rejected. Each fetch has one total deadline, the rule's ``timeout``: a watchdog shuts
+the socket down when it passes, so a server that drips a byte at a time cannot hold the
+thread. The host is resolved and every address checked before connecting (and only the
+checked addresses are connected to): loopback, private, link-local (cloud metadata),
+shared, reserved and multicast addresses are refused unless ``allow_private``. URIs are
+logged without userinfo or query (``safe_uri``). ``retain`` stops fetching the URIs no
+tenant uses any more and forgets their keys.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
+import ipaddress
 import logging
+import socket
 import ssl
+import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import Final
+from urllib.parse import urlsplit
 
 from extauthz.authn.keys import MAX_JWKS_BYTES, JwksError, Key, parse_jwks
 
-__all__ = ["JwksCache", "JwksFetchError"]
+__all__ = ["JwksCache", "JwksFetchError", "safe_uri"]
 
 log = logging.getLogger("extauthz.authn")
 
@@ -36,9 +46,17 @@ class JwksFetchError(Exception):
     """A fetch failed; the message is safe to log (no key material)."""
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        raise JwksFetchError("JWKS endpoint redirected; redirects are not followed")
+def safe_uri(uri: str) -> str:
+    """``uri`` for a log line: no userinfo, no query or fragment (either may hold a secret)."""
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparsable URI)"
+    host = f"[{host}]" if ":" in host else host
+    query = "?..." if parts.query else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{query}"
 
 
 class JwksCache:
@@ -51,8 +69,10 @@ class JwksCache:
         refresh_interval: float = 600.0,
         min_refresh_interval: float = 30.0,
         ca_file: str | None = None,
+        allow_private: bool = False,
     ) -> None:
         self.fetch_timeout = fetch_timeout
+        self.allow_private = allow_private
         self.refresh_interval = refresh_interval
         self.min_refresh_interval = min_refresh_interval
         self.fetch_ok = 0
@@ -82,13 +102,29 @@ class JwksCache:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def track(self, uris: Iterable[str], timeouts: Mapping[str, float] | None = None) -> None:
-        """Start fetching the URIs not tracked yet. ``timeouts`` overrides fetch_timeout."""
+        """Start fetching the URIs not tracked yet. A mapping of URI to seconds (a rule's
+        ``timeout``) as ``uris`` or ``timeouts`` sets each fetch's deadline (else
+        fetch_timeout); a tracked URI takes a new timeout from its next fetch on."""
+        if timeouts is None and isinstance(uris, Mapping):
+            timeouts = uris
         for uri in uris:
-            if uri in self._timeouts:
-                continue
+            new = uri not in self._timeouts
             self._timeouts[uri] = (timeouts or {}).get(uri, self.fetch_timeout)
-            if self._loop is not None and not self._closed:
+            if new and self._loop is not None and not self._closed:
                 self._spawn(uri)
+
+    def retain(self, uris: Iterable[str]) -> None:
+        """Stop fetching every tracked URI not in ``uris`` and forget its keys."""
+        keep = frozenset(uris)
+        for uri in [u for u in self._timeouts if u not in keep]:
+            del self._timeouts[uri]
+            self._keys.pop(uri, None)
+            self._wake.pop(uri, None)
+            self._pending.discard(uri)
+            task = self._tasks.pop(uri, None)
+            if task is not None:
+                task.cancel()
+            log.info("jwks untracked", extra={"jwks_uri": safe_uri(uri)})
 
     @property
     def tracked(self) -> frozenset[str]:
@@ -117,7 +153,7 @@ class JwksCache:
         if uri in self._tasks:
             return
         self._wake[uri] = asyncio.Event()
-        self._tasks[uri] = self._loop.create_task(self._run(uri), name=f"jwks {uri}")
+        self._tasks[uri] = self._loop.create_task(self._run(uri), name=f"jwks {safe_uri(uri)}")
 
     async def _run(self, uri: str) -> None:
         wake = self._wake[uri]
@@ -143,10 +179,11 @@ class JwksCache:
             self._pending.discard(uri)
 
     async def _fetch_once(self, uri: str) -> bool:
-        timeout = self._timeouts[uri]
+        timeout = self._timeouts.get(uri, self.fetch_timeout)
         try:
+            # the thread keeps its own deadline; this one only outlives a stuck DNS lookup
             body = await asyncio.wait_for(
-                asyncio.to_thread(self._fetch_sync, uri, timeout), timeout=timeout * 2 + 1
+                asyncio.to_thread(self._fetch_sync, uri, timeout), timeout=timeout + 1
             )
             keys = parse_jwks(body)
         except (JwksFetchError, JwksError, TimeoutError, OSError, ValueError) as exc:
@@ -154,7 +191,7 @@ class JwksCache:
             log.warning(
                 "jwks fetch failed",
                 extra={
-                    "jwks_uri": uri,
+                    "jwks_uri": safe_uri(uri),
                     "error": _describe(exc),
                     "keeping_last_good": uri in self._keys,
                 },
@@ -162,40 +199,144 @@ class JwksCache:
             return False
         self._keys[uri] = keys
         self.fetch_ok += 1
-        log.info("jwks fetched", extra={"jwks_uri": uri, "keys": len(keys)})
+        log.info("jwks fetched", extra={"jwks_uri": safe_uri(uri), "keys": len(keys)})
         return True
 
     def _fetch_sync(self, uri: str, timeout: float) -> bytes:
-        deadline = time.monotonic() + timeout * 2
-        opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=self._ssl), _NoRedirect()
-        )
-        request = urllib.request.Request(uri, headers={"Accept": "application/json"})  # noqa: S310 - scheme checked by rules
+        """GET ``uri`` within ``timeout`` seconds in all (connect, TLS, headers, body)."""
+        deadline = time.monotonic() + timeout
+        parts = urlsplit(uri)
+        host, port = parts.hostname or "", parts.port
+        if parts.scheme not in ("http", "https") or not host:
+            raise JwksFetchError("jwksUri is not an http(s) URL with a host")
+        port = port or (443 if parts.scheme == "https" else 80)
+        addresses = self._addresses(host, port)
+        watchdog = _Watchdog(deadline)
         try:
-            response = opener.open(request, timeout=timeout)
-        except urllib.error.HTTPError as exc:
-            exc.close()  # it holds the connection
-            raise JwksFetchError(f"HTTP status {exc.code}") from None
-        with response:
-            status = getattr(response, "status", 200)
-            if status != 200:
-                raise JwksFetchError(f"HTTP status {status}")
-            length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > MAX_JWKS_BYTES:
-                raise JwksFetchError(f"body larger than {MAX_JWKS_BYTES} bytes")
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise JwksFetchError("fetch took too long")
-                chunk = response.read(_CHUNK)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > MAX_JWKS_BYTES:
-                    raise JwksFetchError(f"body larger than {MAX_JWKS_BYTES} bytes")
-                chunks.append(chunk)
-        return b"".join(chunks)
+            sock = _connect(addresses, deadline)
+            watchdog.watch(sock)
+            if parts.scheme == "https":
+                sock = self._ssl.wrap_socket(sock, server_hostname=host)
+                watchdog.watch(sock)
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            conn.sock = sock
+            try:
+                target = parts.path or "/"
+                target += f"?{parts.query}" if parts.query else ""
+                conn.request("GET", target, headers={"Accept": "application/json"})
+                body = _read(conn.getresponse(), watchdog)
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if watchdog.fired:
+                raise JwksFetchError(f"fetch took longer than {timeout:g}s") from None
+            if isinstance(exc, ssl.SSLError | TimeoutError):
+                raise
+            raise JwksFetchError(f"{type(exc).__name__}: {exc}"[:200]) from None
+        finally:
+            watchdog.cancel()
+            watchdog.close()
+        if watchdog.fired:
+            raise JwksFetchError(f"fetch took longer than {timeout:g}s")
+        return body
+
+    def _addresses(self, host: str, port: int) -> list[tuple[str, int]]:
+        """Every address ``host`` resolves to; all must be public unless allow_private."""
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = [(str(info[4][0]), port) for info in infos]
+        if not addresses:
+            raise JwksFetchError("host did not resolve")
+        if not self.allow_private:
+            for address, _ in addresses:
+                if not _public(address):
+                    raise JwksFetchError(
+                        f"host resolves to non-public address {address};"
+                        " refused (--jwks-allow-private allows it)"
+                    )
+        return addresses
+
+
+class _Watchdog:
+    """Shuts the watched socket down at the deadline, ending any blocked read or write."""
+
+    def __init__(self, deadline: float) -> None:
+        self.fired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.fired:
+                self._shutdown()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def close(self) -> None:
+        """Close the watched socket (once the fetch is done with it, whatever happened)."""
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            # the plain socket's shutdown: an SSLSocket's would drop its TLS state
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+
+
+def _public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.partition("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _connect(addresses: list[tuple[str, int]], deadline: float) -> socket.socket:
+    error = OSError("no address to connect to")
+    for address in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("connect")
+        try:
+            return socket.create_connection(address, timeout=remaining)
+        except OSError as exc:
+            error = exc
+    raise error
+
+
+def _read(response: http.client.HTTPResponse, watchdog: _Watchdog) -> bytes:
+    with response:
+        return _read_body(response, watchdog)
+
+
+def _read_body(response: http.client.HTTPResponse, watchdog: _Watchdog) -> bytes:
+    status = response.status
+    if status != 200:  # 3xx included: redirects are not followed
+        raise JwksFetchError(f"HTTP status {status}")
+    length = response.headers.get("Content-Length")
+    if length is not None and length.isdigit() and int(length) > MAX_JWKS_BYTES:
+        raise JwksFetchError(f"body larger than {MAX_JWKS_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while not watchdog.fired:
+        chunk = response.read(_CHUNK)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > MAX_JWKS_BYTES:
+            raise JwksFetchError(f"body larger than {MAX_JWKS_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _describe(exc: BaseException) -> str:

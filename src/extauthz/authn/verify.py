@@ -27,6 +27,7 @@ from jwt.algorithms import (
 from extauthz.authn.keys import ALGORITHMS, Key
 
 __all__ = [
+    "MAX_CLAIM_DEPTH",
     "MAX_TOKEN_BYTES",
     "InvalidToken",
     "ParsedToken",
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 MAX_TOKEN_BYTES: Final = 16 * 1024
+MAX_CLAIM_DEPTH: Final = 16  # nesting of objects and arrays in the header and the payload
 _B64URL: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 _SIGNERS: Final[Mapping[str, Algorithm]] = MappingProxyType(
@@ -80,8 +82,9 @@ def parse_token(token: str) -> ParsedToken:
 
     Rejects: more than MAX_TOKEN_BYTES, not three base64url segments (no padding), a
     header or payload that is not a JSON object (duplicate keys, NaN and Infinity are
-    rejected too), an ``alg`` outside the asymmetric set (so ``none`` and HMAC), and any
-    ``crit`` header (no extension is understood).
+    rejected too) or that nests objects and arrays deeper than MAX_CLAIM_DEPTH, an ``alg``
+    outside the asymmetric set (so ``none`` and HMAC), and any ``crit`` header (no
+    extension is understood).
     """
     if len(token) > MAX_TOKEN_BYTES:
         raise InvalidToken("token too large")
@@ -178,7 +181,24 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
         raise InvalidToken(f"{what} is not JSON") from None
     if not isinstance(value, dict):
         raise InvalidToken(f"{what} is not a JSON object")
+    if _too_deep(value):
+        raise InvalidToken(f"{what} nested deeper than {MAX_CLAIM_DEPTH}")
     return value
+
+
+def _too_deep(value: dict[str, Any]) -> bool:
+    """Objects and arrays nested more than MAX_CLAIM_DEPTH deep (the top object is 1)."""
+    level: list[Any] = [value]
+    for _ in range(MAX_CLAIM_DEPTH):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -47,6 +47,12 @@ def register(sub: Any) -> None:
     )
     _env.add(p, "--xff-num-trusted-hops", default="0", help="hops of x-forwarded-for to trust")
     _env.add(p, "--jwks-ca-file", help="CA bundle for jwksUri fetches (default: system)")
+    _env.add(
+        p,
+        "--jwks-allow-private",
+        action="store_true",
+        help="let jwksUri resolve to loopback, private or link-local addresses",
+    )
     p.add_argument(
         "--at",
         type=instant,
@@ -93,7 +99,9 @@ def fetch_keys(jwks: JwksCache, uris: frozenset[str], timeout: float = 5.0) -> l
 
 def run(args: argparse.Namespace) -> int:
     docs, errors = read_directory(Path(args.policies))
-    jwks = JwksCache(ca_file=args.jwks_ca_file or None)
+    jwks = JwksCache(
+        ca_file=args.jwks_ca_file or None, allow_private=bool(args.jwks_allow_private)
+    )
     tenants, compile_errors = compile_all(docs, jwks)
     for error in [*errors, *compile_errors]:
         print(f"error: {error}", file=sys.stderr)

@@ -61,6 +61,13 @@ def register(sub: Any) -> None:
         help="as Istio's meshConfig",
     )
     _env.add(p, "--jwks-ca-file", help="CA bundle for jwksUri fetches (default: system)")
+    _env.add(
+        p,
+        "--jwks-allow-private",
+        action="store_true",
+        help="let jwksUri resolve to loopback, private or link-local addresses (refused by"
+        " default: tenants could reach internal services and cloud metadata)",
+    )
     _env.add(p, "--poll-interval", default="1.0", help="seconds between policy file scans")
     _env.add(p, "--grace-period", default="10", help="seconds to finish in-flight Checks")
     _env.add(p, "--log-level", default="info", help="debug, info, warning, error")
@@ -103,6 +110,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             trusted_proxy_xfcc=args.trusted_proxy_xfcc,
             path_normalization=PathNormalization(args.path_normalization),
             jwks_ca_file=args.jwks_ca_file or None,
+            jwks_allow_private=bool(args.jwks_allow_private),
             poll_interval=float(args.poll_interval),
             grace_period=float(args.grace_period),
             log_level=args.log_level,
