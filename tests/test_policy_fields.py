@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from extauthz.policy import (
     evaluate,
     explain,
 )
+from extauthz.policy.matchers import compile_regex
 
 ip = ipaddress.ip_address
 
@@ -855,3 +857,19 @@ def test_allow_not_values_hold_only_if_both_readings_hold() -> None:
         subject = Subject(headers={"x-a": value})
         assert evaluate(compiled, subject).allowed is allowed, value
         assert explain(compiled, subject).result.allowed is allowed, value
+
+
+def test_many_wildcards_in_a_namespace_use_a_linear_time_engine() -> None:
+    """A namespace glob with many `*`s is matched by RE2, so a long crafted peer ID is decided
+    (Python's backtracking engine takes exponential time on this pair)."""
+    glob = "a*" * 8 + "b"
+    compiled = allow_rule(src(namespaces=[glob]))
+    crafted = "spiffe://td/ns/" + "a" * 2000  # no "b/": must not match
+    assert not evaluate(compiled, Subject(principal=crafted)).allowed
+    assert evaluate(compiled, Subject(principal="spiffe://td/ns/" + "a" * 8 + "b/sa/x")).allowed
+
+
+def test_simple_patterns_stay_with_pythons_engine() -> None:
+    """Istio's ordinary forms keep the faster engine; only many repeats go to RE2."""
+    assert isinstance(compile_regex(r".*/ns/web/.*"), re.Pattern)
+    assert not isinstance(compile_regex(r".*/ns/a.*a.*a.*b/.*"), re.Pattern)

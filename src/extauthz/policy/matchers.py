@@ -18,7 +18,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol, cast
+
+import re2
 
 from extauthz.model import IPAddress, Subject
 
@@ -34,6 +36,14 @@ __all__ = [
 ]
 
 MISSING: Final = object()
+
+
+class Regex(Protocol):
+    """What the matchers use of a compiled pattern (``re`` and ``re2`` alike)."""
+
+    def fullmatch(self, value: str) -> object | None: ...
+
+
 _ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _PORT: Final = re.compile(r"[0-9]+")
 
@@ -125,6 +135,24 @@ class ValueForms(NamedTuple):
         return forms._replace(star=star)
 
 
+# Python's backtracking engine is fast on the regexes Istio's forms produce (at most three
+# unbounded repeats: `.*/ns/<ns>/.*`, the service-account form), but a value with more `*`s
+# (`namespaces: ["a*b*c*d"]`) would take exponential time on a long principal. Those go to
+# RE2 (linear time, and the engine Envoy runs them with); RE2 costs a few microseconds more
+# per call through its binding, so only where it is needed.
+MAX_BACKTRACKING_REPEATS: Final = 3
+_UNBOUNDED: Final = re.compile(r"(?<!\\)[*+]")
+
+
+def compile_regex(pattern: str, alternatives: Iterable[str] = ()) -> Regex:
+    """``pattern`` (the ``|`` of ``alternatives``) compiled for a full match in time linear
+    in the input: Python's ``re`` where every alternative is simple enough, else RE2."""
+    parts = tuple(alternatives) or (pattern,)
+    if max(len(_UNBOUNDED.findall(part)) for part in parts) <= MAX_BACKTRACKING_REPEATS:
+        return re.compile(pattern)
+    return cast(Regex, re2.compile(pattern))
+
+
 def _always(value: str) -> bool:
     return True
 
@@ -149,8 +177,9 @@ class StringSet:
         self.exact = frozenset(fold(v) for v in exact)
         self.prefixes = tuple(fold(v) for v in prefixes)
         self.suffixes = tuple(fold(v) for v in suffixes)
+        regexes = tuple(regexes)
         pattern = "|".join(f"(?:{r})" for r in regexes)
-        self.regex = re.compile(pattern) if pattern else None
+        self.regex = compile_regex(pattern, regexes) if pattern else None
         self.present = present
         self.nonempty = nonempty
         self.ignore_case = ignore_case
