@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from extauthz import pipeline
+from extauthz import identity, pipeline
 from extauthz.authn.cache import TokenCache
 
 
@@ -57,3 +57,17 @@ def test_long_addresses_and_principals_are_not_memoized() -> None:
     assert after == before
     assert pipeline._ip("10.0.0.1") is not None
     assert pipeline._ip_memo.cache_info().currsize >= 1
+
+
+def test_long_xfcc_headers_are_not_memoized() -> None:
+    """An XFCC header longer than the memo's per-entry bound is parsed, never kept."""
+    memo = identity._remembered_xfcc_client
+    uri = "spiffe://td/ns/a/sa/b"
+    long = f'Subject="{"x" * identity.XFCC_MEMO_MAX_BYTES}";URI={uri}'
+    memo.cache_clear()
+    client = identity.xfcc_client(long)
+    assert client is not None
+    assert client.uri == uri
+    assert memo.cache_info().currsize == 0
+    identity.xfcc_client(f"URI={uri}")
+    assert memo.cache_info().currsize == 1

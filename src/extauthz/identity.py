@@ -222,15 +222,26 @@ def peer_identity(view: RequestView, proxies: TrustedProxies) -> SpiffeId | None
     return parse_spiffe_id(view.source_principal)
 
 
-@functools.lru_cache(maxsize=4096)
+# Headers remembered by their text, each at most this long: the memo holds at most
+# 4096 x 4 KiB, whatever the clients send (a header may be up to 64 KiB).
+XFCC_MEMO_ENTRIES: Final = 4096
+XFCC_MEMO_MAX_BYTES: Final = 4096
+
+
 def xfcc_client(header: str, mode: str = XFCC_SANITIZE_SET) -> SpiffeId | None:
     """The client's SPIFFE ID in the element the trusted proxy wrote; None without a URI.
 
     ``mode`` is how the proxy fills the header: ``SANITIZE_SET`` (exactly one element) or
-    ``APPEND_FORWARD`` (its element is the last). Remembered by header text (a gateway
-    sends the same few values again and again); an invalid header raises
+    ``APPEND_FORWARD`` (its element is the last). Remembered by header text when short (a
+    gateway sends the same few values again and again); an invalid header raises
     PeerIdentityError every time, as errors are not remembered.
     """
+    if len(header) <= XFCC_MEMO_MAX_BYTES:
+        return _remembered_xfcc_client(header, mode)
+    return _xfcc_client(header, mode)
+
+
+def _xfcc_client(header: str, mode: str) -> SpiffeId | None:
     try:
         elements = _parse_xfcc(header)
     except ValueError as exc:
@@ -257,3 +268,6 @@ def xfcc_client(header: str, mode: str = XFCC_SANITIZE_SET) -> SpiffeId | None:
             "has one"
         )
     return parse_spiffe_id(uris[0])
+
+
+_remembered_xfcc_client = functools.lru_cache(maxsize=XFCC_MEMO_ENTRIES)(_xfcc_client)
