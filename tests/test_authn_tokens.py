@@ -553,3 +553,18 @@ def test_properties_union_over_rules() -> None:
     )
     assert auth.jwks_uris == {"https://a.example/jwks", "https://b.example/jwks"}
     assert auth.space_delimited_claims == {"roles", "x"}
+
+
+def test_non_canonical_base64url_is_invalid() -> None:
+    """A signature whose last character differs only in padding bits is refused: one token
+    has one spelling (PyJWT refuses it too), so nothing keyed on its text sees two tokens."""
+    token = sign(key=EC_KEY, alg="ES256", kid="ec")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    head, payload, signature = token.split(".")
+    assert len(signature) % 4 == 2  # 64 bytes: the last character holds 4 padding bits
+    twin = signature[:-1] + alphabet[alphabet.index(signature[-1]) ^ 1]
+    assert check(authenticator(), bearer(token)).error is None
+    result = check(authenticator(), bearer(f"{head}.{payload}.{twin}"))
+    assert_invalid(result)
+    assert result.error is not None
+    assert "canonical" in result.error.detail

@@ -169,9 +169,14 @@ def _b64decode(segment: bytes) -> bytes:
     if not _B64URL.issuperset(segment):
         raise InvalidToken("token is not base64url")
     try:
-        return base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
+        raw = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
         raise InvalidToken("token is not base64url") from None
+    # One spelling per token: set padding bits in the last character (RFC 4648 3.5) would let
+    # a token be written 16 ways, and anything keyed on its text would see 16 tokens.
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment:
+        raise InvalidToken("token is not canonical base64url")
+    return raw
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
