@@ -14,7 +14,7 @@ from extauthz.authn import Authenticator, JwksCache
 from extauthz.documents import KIND_TENANT, Document
 from extauthz.errors import DocumentError, Location
 from extauthz.policy import CompiledPolicies, compile_policies
-from extauthz.store.base import TenantSource
+from extauthz.sources import TenantSource
 from extauthz.tenancy import (
     TenantSpec,
     check_document_names,

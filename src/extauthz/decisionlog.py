@@ -25,7 +25,7 @@ from typing import Any, Final
 import structlog
 
 from extauthz.model import RequestView
-from extauthz.pipeline import Outcome
+from extauthz.outcome import Outcome
 
 __all__ = ["MASK", "DecisionLog", "Mode", "mask_headers", "mask_path"]
 

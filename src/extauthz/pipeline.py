@@ -9,9 +9,8 @@ by the servicer and becomes an ``internal`` deny.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Final, NamedTuple
+from typing import Final
 
 from extauthz.authn import AuthnResult
 from extauthz.catalog import CompiledTenant
@@ -20,21 +19,24 @@ from extauthz.identity import (
     XFCC_HEADER,
     PeerIdentityError,
     SpiffeId,
-    TrustedProxies,
     parse_spiffe_id,
     peer_identity,
 )
 from extauthz.model import IPAddress, RequestView, Subject
-from extauthz.pathnorm import PathNormalization, normalize_path
-from extauthz.policy import PolicyResult, ShadowResult, evaluate
+from extauthz.options import CheckOptions
+from extauthz.outcome import Outcome, deny
+from extauthz.pathnorm import normalize_path
+from extauthz.policy import PolicyResult, evaluate
 from extauthz.registry import Snapshot
 
 __all__ = [
     "HEADER_PRINCIPAL",
     "HEADER_REQUEST_PRINCIPAL",
     "HEADER_TENANT",
+    "CheckOptions",
     "CheckPipeline",
     "Outcome",
+    "deny",
 ]
 
 HEADER_TENANT: Final = "x-extauthz-tenant"
@@ -45,39 +47,6 @@ OWN_HEADERS: Final = (HEADER_TENANT, HEADER_PRINCIPAL, HEADER_REQUEST_PRINCIPAL)
 # Parsed addresses and SPIFFE IDs, by their text: a few proxies and workloads send nearly every
 # request, and the parsed values are immutable. Bounded, so varied input only costs misses.
 _PARSED_CACHE: Final = 4096
-
-
-class Outcome(NamedTuple):
-    """The one result type of a Check; ``response.build`` maps it to a CheckResponse."""
-
-    allowed: bool
-    reason: Reason
-    status: int  # HTTP status: 200, or the denial's 401/403
-    tenant: str = ""
-    policy: str = ""
-    rule: int = -1
-    principal: str = ""
-    request_principal: str = ""
-    detail: str = ""  # for logs only, never sent to the client
-    headers_to_add: tuple[tuple[str, str], ...] = ()
-    headers_to_remove: tuple[str, ...] = ()
-    audits: tuple[str, ...] = ()
-    shadow: ShadowResult | None = None
-    jwt_cache_hit: bool | None = None
-    version: str = ""
-
-
-def deny(
-    reason: Reason, detail: str, *, status: int = 403, tenant: str = "", **kw: object
-) -> Outcome:
-    return Outcome(False, reason, status, tenant=tenant, detail=detail, **kw)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True, slots=True)
-class CheckOptions:
-    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
-    xff_num_trusted_hops: int = 0
-    path_normalization: PathNormalization = PathNormalization.BASE
 
 
 class CheckPipeline:

@@ -18,7 +18,7 @@ import structlog
 from extauthz.authn import JwksCache
 from extauthz.catalog import CompiledTenant, compile_tenant
 from extauthz.model import RequestView
-from extauthz.store.base import TenantSource
+from extauthz.sources import TenantSource
 from extauthz.tenancy import TenantConflict, TenantRouter
 
 __all__ = ["Registry", "Snapshot"]

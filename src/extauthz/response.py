@@ -17,7 +17,7 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2
 
 from extauthz.errors import Reason
-from extauthz.pipeline import Outcome
+from extauthz.outcome import Outcome
 
 __all__ = ["build_response", "internal_error_response", "metadata_of"]
 

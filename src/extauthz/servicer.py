@@ -19,7 +19,8 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from extauthz.decode import MalformedRequest, decode
 from extauthz.errors import Reason
 from extauthz.model import RequestView
-from extauthz.pipeline import CheckPipeline, Outcome, deny
+from extauthz.outcome import Outcome, deny
+from extauthz.pipeline import CheckPipeline
 from extauthz.registry import Registry
 from extauthz.response import build_response
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extauthz.identity import TrustedProxies, parse_spiffe_id
+from extauthz.options import CheckOptions
 from extauthz.pathnorm import PathNormalization
-from extauthz.pipeline import CheckOptions
 
 __all__ = ["Settings", "SettingsError", "env_name", "parse_hostport"]
 

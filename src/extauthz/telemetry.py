@@ -30,7 +30,7 @@ from extauthz.authn import JwksCache
 from extauthz.catalog import CompiledTenant
 from extauthz.errors import Reason
 from extauthz.model import RequestView
-from extauthz.pipeline import Outcome
+from extauthz.outcome import Outcome
 from extauthz.registry import Registry
 
 __all__ = ["OTHER_TENANT", "SPAN_NAME", "Telemetry", "TenantLabels", "default_propagator"]

@@ -14,11 +14,12 @@ from google.protobuf import json_format
 
 from extauthz.authn import JwksCache
 from extauthz.cli import _env
-from extauthz.cli.policy import compile_all
 from extauthz.decode import MalformedRequest, decode
 from extauthz.errors import Reason
+from extauthz.loader import compile_all
+from extauthz.options import CheckOptions
 from extauthz.pathnorm import PathNormalization
-from extauthz.pipeline import CheckOptions, CheckPipeline
+from extauthz.pipeline import CheckPipeline
 from extauthz.policy import explain
 from extauthz.registry import Snapshot
 from extauthz.response import metadata_of
