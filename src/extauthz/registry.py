@@ -17,6 +17,7 @@ import structlog
 
 from extauthz.authn import JwksCache
 from extauthz.catalog import CompiledTenant, compile_tenant
+from extauthz.loader import route_conflict
 from extauthz.model import RequestView
 from extauthz.sources import TenantSource
 from extauthz.tenancy import TenantConflict, TenantRouter
@@ -175,10 +176,9 @@ class Registry:
         order = sorted(tenants, key=lambda n: (old.get(n) is not tenants[n], n))
         for name in order:
             trial = {**accepted, name: tenants[name]}
-            try:
-                TenantRouter(t.spec for t in trial.values())
-            except TenantConflict as exc:
-                self._count_reject(name, tenants[name].version, exc)
+            conflict = route_conflict(t.spec for t in trial.values())
+            if conflict is not None:
+                self._count_reject(name, tenants[name].version, conflict)
                 if name in old and old[name] is not tenants[name]:
                     accepted[name] = old[name]
                 continue
