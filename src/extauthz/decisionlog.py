@@ -25,7 +25,7 @@ from typing import Any, Final
 import structlog
 
 from extauthz.model import RequestView
-from extauthz.outcome import Outcome
+from extauthz.outcome import Outcome, decision_record
 
 __all__ = ["MASK", "DecisionLog", "Mode", "mask_headers", "mask_path"]
 
@@ -128,32 +128,15 @@ class DecisionLog:
     def fields(
         self, outcome: Outcome, view: RequestView | None, decision_id: str, seconds: float
     ) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "decision_id": _JWT.sub(MASK, decision_id) if "eyJ" in decision_id else decision_id,
-            "decision": "allow" if outcome.allowed else "deny",
-            "reason": str(outcome.reason),
-            "status": outcome.status,
-            "tenant": outcome.tenant,
-            "principal": outcome.principal,
-            "request_principal": outcome.request_principal,
-            "policy": outcome.policy,
-            "rule": outcome.rule,
-            "latency_ms": round(seconds * 1000.0, 3),
-        }
-        if outcome.version:
-            event["policy_version"] = outcome.version
-        if not outcome.allowed and outcome.detail:
+        event: dict[str, Any] = {}
+        for name, value in decision_record(outcome, decision_id).items():
+            event[name] = value
+            if name == "rule":  # the always-present fields first, then the latency
+                event["latency_ms"] = round(seconds * 1000.0, 3)
+        if "eyJ" in decision_id:
+            event["decision_id"] = _JWT.sub(MASK, decision_id)
+        if "detail" in event:
             event["detail"] = _JWT.sub(MASK, outcome.detail)
-        if outcome.audits:
-            event["audit"] = list(outcome.audits)
-        if outcome.jwt_cache_hit is not None:
-            event["authn_cache"] = "hit" if outcome.jwt_cache_hit else "miss"
-        shadow = outcome.shadow
-        if shadow is not None:
-            event["shadow_decision"] = "allow" if shadow.allowed else "deny"
-            event["shadow_reason"] = str(shadow.reason)
-            event["shadow_policy"] = shadow.policy
-            event["shadow_rule"] = shadow.rule
         if view is not None:
             event["method"] = view.method
             event["host"] = view.host

@@ -18,6 +18,7 @@ from extauthz.decode import MalformedRequest, decode
 from extauthz.errors import Reason
 from extauthz.loader import compile_all
 from extauthz.options import CheckOptions
+from extauthz.outcome import Outcome, decision_record
 from extauthz.pathnorm import PathNormalization
 from extauthz.pipeline import CheckPipeline
 from extauthz.policy import explain
@@ -75,6 +76,18 @@ def fetch_keys(jwks: JwksCache, uris: frozenset[str], timeout: float = 5.0) -> l
     return sorted(u for u in uris if jwks.keys(u) is None)
 
 
+def json_output(outcome: Outcome, decision_id: str) -> dict[str, object]:
+    """``--output json``: the dynamic metadata, with the record's status, detail (also of
+    an allow: empty) and the dry-run reason and rule."""
+    record = decision_record(outcome, decision_id)
+    out = {**metadata_of(outcome, decision_id), "status": record["status"]}
+    out["detail"] = record.get("detail", outcome.detail)
+    for name in ("shadow_reason", "shadow_rule"):
+        if name in record:
+            out[name] = record[name]
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     docs, errors = read_directory(Path(args.policies))
     jwks = JwksCache(ca_file=args.jwks_ca_file or None)
@@ -102,12 +115,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: no keys from {uri}", file=sys.stderr)
         outcome, tenant, subject = pipeline.trace(snapshot, view)
     explanation = explain(tenant.policies, subject) if tenant and subject else None
-    meta = metadata_of(outcome, view.request_id)
     if args.output == "json":
-        out = {**meta, "status": outcome.status, "detail": outcome.detail}
-        if outcome.shadow is not None:
-            out["shadow_reason"] = str(outcome.shadow.reason)
-            out["shadow_rule"] = outcome.shadow.rule
+        out = json_output(outcome, view.request_id)
         if explanation is not None:
             out["explanation"] = explanation.to_dict()
         print(json.dumps(out, indent=2))
