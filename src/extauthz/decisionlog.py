@@ -5,7 +5,8 @@ access logs join decision logs), tenant, principal, request principal, method, h
 decision, reason, deciding policy and rule, latency, AUDIT matches, the dry-run (shadow)
 decision, and the request headers with these values replaced by ``[redacted]``:
 ``authorization``, ``proxy-authorization``, ``cookie``, ``set-cookie``, any header whose name
-says token, jwt, secret, password, session or api key, and each ``--mask-header``. Whatever is
+says token, jwt, secret, password, session or key (``redaction.is_secret``, the list the other
+logs use too), and each ``--mask-header``. Whatever is
 left, and the path's query, has JWT-shaped strings masked and the values of query parameters
 with such names too: a token never reaches a log line.
 
@@ -26,14 +27,10 @@ import structlog
 
 from extauthz.model import RequestView
 from extauthz.outcome import Outcome, decision_record
+from extauthz.redaction import MASK, is_secret
 
 __all__ = ["MASK", "DecisionLog", "Mode", "mask_headers", "mask_path"]
 
-MASK: Final = "[redacted]"
-ALWAYS_MASKED: Final = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
-SECRET_WORDS: Final = (
-    "token", "jwt", "secret", "password", "session", "api-key", "apikey", "authorization",
-)  # fmt: skip
 _JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.?[A-Za-z0-9_-]*")
 _SECRET_PARAM: Final = re.compile(
     r"([?&;][^=&;#]*(?:token|jwt|secret|password|session|key|code|auth)[^=&;#]*=)[^&;#]*",
@@ -60,11 +57,7 @@ class _Masker:
     def __call__(self, name: str) -> bool:
         masked = self._cache.get(name)
         if masked is None:
-            masked = (
-                name in ALWAYS_MASKED
-                or name in self._extra
-                or any(word in name for word in SECRET_WORDS)
-            )
+            masked = name in self._extra or is_secret(name)
             if len(self._cache) < 4096:
                 self._cache[name] = masked
         return masked
