@@ -13,17 +13,16 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import json_format
 
 from extauthz.authn import JwksCache
-from extauthz.cli import _env
+from extauthz.cli._flags import add_settings_flags, settings_from_args
 from extauthz.decode import MalformedRequest, decode
 from extauthz.errors import Reason
 from extauthz.loader import compile_all
-from extauthz.options import CheckOptions
 from extauthz.outcome import Outcome, decision_record
-from extauthz.pathnorm import PathNormalization
 from extauthz.pipeline import CheckPipeline
 from extauthz.policy import explain
 from extauthz.registry import Snapshot
 from extauthz.response import metadata_of
+from extauthz.settings import SettingsError
 from extauthz.store.files import read_directory
 
 
@@ -31,7 +30,6 @@ def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "check", help="decide a CheckRequest (JSON) offline and explain the decision"
     )
-    _env.add(p, "--policies", default="policies", help="directory (or file) of YAML documents")
     p.add_argument(
         "--request",
         required=True,
@@ -39,15 +37,7 @@ def register(sub: Any) -> None:
         help="CheckRequest as JSON (Envoy's protobuf JSON), '-' for stdin",
     )
     p.add_argument("--output", choices=["text", "json"], default="text")
-    _env.add(
-        p,
-        "--path-normalization",
-        default="BASE",
-        choices=[m.value for m in PathNormalization],
-        help="as Istio's meshConfig",
-    )
-    _env.add(p, "--xff-num-trusted-hops", default="0", help="hops of x-forwarded-for to trust")
-    _env.add(p, "--jwks-ca-file", help="CA bundle for jwksUri fetches (default: system)")
+    add_settings_flags(p, "check")
     p.set_defaults(func=run)
 
 
@@ -89,8 +79,13 @@ def json_output(outcome: Outcome, decision_id: str) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    docs, errors = read_directory(Path(args.policies))
-    jwks = JwksCache(ca_file=args.jwks_ca_file or None)
+    try:
+        settings = settings_from_args(args, "check")
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    docs, errors = read_directory(settings.policies)
+    jwks = JwksCache(ca_file=settings.jwks_ca_file)
     tenants, compile_errors = compile_all(docs, jwks)
     for error in [*errors, *compile_errors]:
         print(f"error: {error}", file=sys.stderr)
@@ -101,12 +96,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, json_format.ParseError, MalformedRequest) as exc:
         print(f"error: {args.request}: {exc}", file=sys.stderr)
         return 2
-    pipeline = CheckPipeline(
-        CheckOptions(
-            xff_num_trusted_hops=int(args.xff_num_trusted_hops),
-            path_normalization=PathNormalization(args.path_normalization),
-        )
-    )
+    pipeline = CheckPipeline(settings.check_options())
     snapshot = Snapshot.build(tenants)
     outcome, tenant, subject = pipeline.trace(snapshot, view)
     uris = tenant.authenticator.jwks_uris if tenant is not None else frozenset()
