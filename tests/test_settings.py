@@ -22,7 +22,7 @@ from extauthz.settings import (
 )
 from tests.helpers import REPO
 
-INTERNAL = {"reuse_port", "extra"}  # set by the supervisor or by code, never by a flag
+INTERNAL = {"reuse_port"}  # set by the supervisor for its workers, never by a flag
 POLICIES = str(REPO / "policies")
 PROXY = "spiffe://cluster.local/ns/istio-system/sa/ingress"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -74,7 +74,6 @@ class Settings:
     mask_headers: tuple[str, ...] = ()
     workers: int = 1
     reuse_port: bool = False  # set for the workers of a supervisor (SO_REUSEPORT)
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     def check(self) -> Settings:
         """Validate; returns self. Raises SettingsError."""
