@@ -39,7 +39,7 @@ async def admin(cluster: RedisClusterServers) -> AsyncIterator[PolicyAdmin]:
     target = parse_url(cluster.url)
     client = connect(target)
     try:
-        await client.flushall(target_nodes=client.PRIMARIES)  # type: ignore[call-arg]
+        await client.flushall(target_nodes=client.PRIMARIES)  # type: ignore[call-arg,union-attr]
         yield PolicyAdmin(TenantRepo(client, target.prefix))
     finally:
         await client.aclose()

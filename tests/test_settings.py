@@ -58,7 +58,8 @@ def test_serve_defaults_are_the_settings_defaults(monkeypatch: pytest.MonkeyPatc
 def test_every_flag_reads_its_variable(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """The flag's help names its EXTAUTHZ_* variable, derived from the flag's name."""
     var = env_name(flag_name(name))
-    help_text = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()  # type: ignore[union-attr]
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    help_text = commands.choices["serve"].format_help()
     assert var in " ".join(help_text.split())
 
 
