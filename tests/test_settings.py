@@ -128,6 +128,12 @@ def test_empty_policies_means_the_default(tmp_path: Path) -> None:
     assert settings_from_flags(values).policies == Path("policies")
 
 
+def test_switches_are_booleans() -> None:
+    """A bool setting given as a switch (or its variable) becomes a bool, unset its default."""
+    assert settings_from_flags({"policies": POLICIES, "reuse_port": True}).reuse_port is True
+    assert settings_from_flags({"policies": POLICIES, "reuse_port": None}).reuse_port is False
+
+
 def test_parse_hostport() -> None:
     """HOST:PORT with an empty host binds every address; brackets are stripped."""
     assert parse_hostport(":80", "listen") == ("0.0.0.0", 80)

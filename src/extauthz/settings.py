@@ -132,7 +132,8 @@ class Flag:
 
 
 # Field name -> flag, in the order of ``extauthz serve --help``. A repeatable flag is a tuple
-# field; its variable holds comma-separated values.
+# field; its variable holds comma-separated values. A bool field is a switch (its variable:
+# 1, true, yes or on).
 FLAGS: Final[dict[str, Flag]] = {
     "policies": Flag("directory (or file) of YAML documents", check=True),
     "redis_url": Flag("redis://, rediss://, unix:// (tenant rules in Redis)"),
@@ -184,6 +185,7 @@ _PARSE: Final[dict[str, Callable[[Any], Any]]] = {
     "Path": Path,
     "PathNormalization": PathNormalization,
     "str | None": lambda value: value or None,
+    "bool": bool,
     "tuple[str, ...]": tuple,
 }
 

@@ -24,13 +24,16 @@ def add_settings_flags(parser: argparse.ArgumentParser, command: str) -> None:
     for name in _names(command):
         flag = FLAGS[name]
         default = default_of(name)
-        shown = "" if default in (None, (), "") or name == "metrics_listen" else default
+        hidden = default in (None, (), "") or isinstance(default, bool)
+        shown = "" if hidden or name == "metrics_listen" else default
         help_text = f"{flag.help} [default: {shown}]" if shown != "" else flag.help
         kw: dict[str, Any] = {"dest": name, "help": help_text}
         if flag.choices:
             kw["choices"] = list(flag.choices)
         if isinstance(default, tuple):
             kw["action"] = "append"
+        elif isinstance(default, bool):
+            kw["action"] = "store_true"
         _env.add(parser, flag_name(name), **kw)
 
 
