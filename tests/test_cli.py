@@ -248,3 +248,31 @@ def test_check_reads_xfcc_from_a_trusted_proxy_like_the_server(tmp_path: Path) -
     assert json.loads(trusted.stdout)["principal"] == client
     from_env = run(*base, env={"EXTAUTHZ_TRUSTED_PROXY_PRINCIPAL": proxy})
     assert from_env.returncode == 0, from_env.stderr
+
+
+def test_check_reads_xfcc_in_the_servers_mode(tmp_path: Path) -> None:
+    """check takes --trusted-proxy-xfcc: a two-element header from a trusted proxy is refused
+    in SANITIZE_SET (the default) and decided by its last element in APPEND_FORWARD."""
+    proxy = "spiffe://cluster.local/ns/istio-system/sa/gateway"
+    client = "spiffe://cluster.local/ns/shop/sa/frontend"
+    spec = (
+        "  action: ALLOW\n  rules:\n  - from:\n"
+        "    - source: {principals: [cluster.local/ns/shop/sa/frontend]}"
+    )
+    (tmp_path / "shop.yaml").write_text(
+        tenant_yaml("shop", match="{hosts: [shop.test]}") + "---\n" + policy_yaml("p", "shop", spec)
+    )
+    xfcc = f"By={proxy};URI=spiffe://cluster.local/ns/other/sa/x,By={proxy};URI={client}"
+    request = check_request(
+        host="shop.test", principal=proxy, headers={"x-forwarded-client-cert": xfcc}
+    )
+    req = tmp_path / "req.json"
+    req.write_text(json_format.MessageToJson(request))
+    base = ["check", "--policies", str(tmp_path), "--request", str(req), "--output", "json"]
+    base += ["--trusted-proxy-principal", proxy]
+    sanitized = run(*base)
+    assert sanitized.returncode == 1, sanitized.stderr
+    assert json.loads(sanitized.stdout)["decision"] == "deny"
+    forwarded = run(*base, "--trusted-proxy-xfcc", "APPEND_FORWARD")
+    assert forwarded.returncode == 0, forwarded.stderr
+    assert json.loads(forwarded.stdout)["principal"] == client
