@@ -67,7 +67,7 @@ def proc_cpu(pid: int) -> float:
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds by thread name (threads of one name summed)."""
-    out: collections.Counter[str] = collections.Counter()
+    out: collections.defaultdict[str, float] = collections.defaultdict(float)
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             text = (task / "stat").read_text()
@@ -189,7 +189,8 @@ def load_part(args: argparse.Namespace) -> str:
         for s in served:
             s.server.wait_serving()
             load_run(s, data, clients, streams, 1.0, work / "warmup.log")  # warm-up, dropped
-            s.cpu_us.clear(), s.rps.clear(), s.gc_per_1000.clear(), s.threads.clear()
+            for samples in (s.cpu_us, s.rps, s.gc_per_1000, s.threads):
+                samples.clear()
         for r in range(args.rounds):
             for s in served if r % 2 == 0 else served[::-1]:
                 load_run(s, data, clients, streams, args.duration, work / f"{s.name}.{r}.log")
@@ -362,7 +363,7 @@ def inprocess_part(args: argparse.Namespace) -> str:
             if type(v) is str:
                 fields[k].string_value = v
             else:
-                s.update({k: v})
+                s.update({k: v})  # type: ignore[dict-item]
         return s
 
     def copy_template() -> object:

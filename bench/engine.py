@@ -57,7 +57,7 @@ from extauthz.registry import Registry, Snapshot
 from extauthz.response import build_response
 from extauthz.servicer import AuthorizationServicer
 from extauthz.settings import Settings
-from extauthz.store.base import TenantSource
+from extauthz.sources import TenantSource
 
 TARGET_PIPELINE_US = 30.0
 

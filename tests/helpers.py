@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import os
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,8 @@ def envoy_ready(admin_port: int) -> bool:
 
 
 def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something true (returned), for up to ``timeout``
+    seconds: a bound against hangs, never a timing assertion. ``until`` is its async twin."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -102,6 +105,20 @@ def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05, what
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what or predicate}")
         time.sleep(interval)
+
+
+async def until(
+    predicate: Callable[[], Any], what: str = "", *, within: float = 15.0, interval: float = 0.02
+) -> Any:
+    """``wait_for`` for async tests: polls without blocking the event loop."""
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(interval)
 
 
 def check_request(

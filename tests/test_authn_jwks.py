@@ -30,6 +30,7 @@ from extauthz.authn import Authenticator, JwksCache, parse_jwt_rules
 from extauthz.documents import load_documents
 from extauthz.errors import Reason
 from extauthz.model import RequestView
+from tests.helpers import until
 
 ISS = "https://issuer.example"
 KEY_1 = ec.generate_private_key(ec.SECP256R1())
@@ -206,14 +207,6 @@ async def cache_factory() -> AsyncIterator[Callable[..., JwksCache]]:
         await cache.close()
 
 
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
 async def started(cache: JwksCache, *uris: str) -> JwksCache:
     await cache.start()
     cache.track(uris)
@@ -240,7 +233,7 @@ async def test_first_fetch_over_http(
 ) -> None:
     """Tracking a URI fetches its keys in the background; keys() then returns them."""
     cache = await started(cache_factory(), http_server.url)
-    await eventually(lambda: cache.keys(http_server.url) is not None)
+    await until(lambda: cache.keys(http_server.url) is not None)
     assert set(cache.keys(http_server.url) or {}) == {"k1"}
     assert cache.fetch_ok == 1
     assert cache.fetch_error == 0
@@ -251,7 +244,7 @@ async def test_first_fetch_over_https_with_ca_file(
 ) -> None:
     """HTTPS verified against ca_file: keys are fetched and a token verifies with them."""
     cache = await started(cache_factory(ca_file=pki.ca_file), https_server.url)
-    await eventually(lambda: cache.keys(https_server.url) is not None)
+    await until(lambda: cache.keys(https_server.url) is not None)
     result = authenticator(https_server.url, cache).authenticate(bearer(sign(KEY_1, "k1")))
     assert result.request_principal == f"{ISS}/alice"
 
@@ -261,7 +254,7 @@ async def test_https_with_unknown_ca_fails(
 ) -> None:
     """Without the CA, certificate verification fails: an error is counted, no keys."""
     cache = await started(cache_factory(), https_server.url)
-    await eventually(lambda: cache.fetch_error >= 1)
+    await until(lambda: cache.fetch_error >= 1)
     assert cache.keys(https_server.url) is None
     assert https_server.served.count() == 0  # the handshake failed before any request
 
@@ -272,13 +265,13 @@ async def test_unknown_kid_refresh_picks_up_rotation(
     """A token with a new kid fails once, triggers a refetch, then verifies."""
     cache = await started(cache_factory(min_refresh_interval=0.2), http_server.url)
     auth = authenticator(http_server.url, cache)
-    await eventually(lambda: cache.keys(http_server.url) is not None)
+    await until(lambda: cache.keys(http_server.url) is not None)
     http_server.served.body = jwks((KEY_1, "k1"), (KEY_2, "k2"))
     token = sign(KEY_2, "k2")
     first = auth.authenticate(bearer(token))
     assert first.error is not None
     assert first.error.reason is Reason.JWT_INVALID
-    await eventually(lambda: "k2" in (cache.keys(http_server.url) or {}))
+    await until(lambda: "k2" in (cache.keys(http_server.url) or {}))
     assert auth.authenticate(bearer(token)).request_principal == f"{ISS}/alice"
 
 
@@ -287,11 +280,11 @@ async def test_refresh_requests_are_rate_limited(
 ) -> None:
     """Many refresh requests within min_refresh_interval make one fetch, not sooner than it."""
     cache = await started(cache_factory(min_refresh_interval=1.0), http_server.url)
-    await eventually(lambda: http_server.served.count() == 1)
+    await until(lambda: http_server.served.count() == 1)
     for _ in range(20):
         cache.request_refresh(http_server.url)
         await asyncio.sleep(0.02)
-    await eventually(lambda: http_server.served.count() == 2)
+    await until(lambda: http_server.served.count() == 2)
     for _ in range(20):
         cache.request_refresh(http_server.url)
     await asyncio.sleep(0.3)
@@ -316,11 +309,11 @@ async def test_failed_fetch_keeps_last_good_keys(
 ) -> None:
     """A refetch answered with HTTP 500 is counted and logged; the old keys stay."""
     cache = await started(cache_factory(min_refresh_interval=0.1), http_server.url)
-    await eventually(lambda: cache.keys(http_server.url) is not None)
+    await until(lambda: cache.keys(http_server.url) is not None)
     http_server.served.status = 500
     caplog.set_level(logging.WARNING, logger="extauthz.authn")
     cache.request_refresh(http_server.url)
-    await eventually(lambda: cache.fetch_error >= 1)
+    await until(lambda: cache.fetch_error >= 1)
     assert set(cache.keys(http_server.url) or {}) == {"k1"}
     (record,) = [r for r in caplog.records if r.getMessage() == "jwks fetch failed"][:1]
     assert record.__dict__["jwks_uri"] == http_server.url
@@ -333,7 +326,7 @@ async def test_oversized_body_is_rejected(
     """A JWKS body over 1 MiB is refused: counted as an error, no keys."""
     http_server.served.body = b'{"keys": [], "pad": "' + b"x" * (1024 * 1024) + b'"}'
     cache = await started(cache_factory(), http_server.url)
-    await eventually(lambda: cache.fetch_error >= 1)
+    await until(lambda: cache.fetch_error >= 1)
     assert cache.keys(http_server.url) is None
 
 
@@ -343,7 +336,7 @@ async def test_invalid_json_is_rejected(
     """A body that is not JSON is refused: counted as an error, no keys."""
     http_server.served.body = b"<html>not json</html>"
     cache = await started(cache_factory(), http_server.url)
-    await eventually(lambda: cache.fetch_error >= 1)
+    await until(lambda: cache.fetch_error >= 1)
     assert cache.keys(http_server.url) is None
     assert cache.fetch_ok == 0
 
@@ -359,7 +352,7 @@ async def test_silent_server_does_not_hang_the_caller(
     assert time.perf_counter() - start < 0.05
     assert result.error is not None
     assert "not available" in result.error.detail
-    await eventually(lambda: cache.fetch_error >= 1, within=3.0)
+    await until(lambda: cache.fetch_error >= 1, within=3.0)
     assert cache.keys(silent_url) is None
 
 
@@ -370,7 +363,7 @@ async def test_periodic_refresh(
     cache = await started(
         cache_factory(refresh_interval=0.2, min_refresh_interval=0.1), http_server.url
     )
-    await eventually(lambda: cache.fetch_ok >= 3, within=3.0)
+    await until(lambda: cache.fetch_ok >= 3, within=3.0)
     assert http_server.served.count() >= 3
 
 
@@ -381,7 +374,7 @@ async def test_close_stops_fetching(
     cache = await started(
         cache_factory(refresh_interval=0.1, min_refresh_interval=0.05), http_server.url
     )
-    await eventually(lambda: http_server.served.count() >= 1)
+    await until(lambda: http_server.served.count() >= 1)
     await cache.close()
     count = http_server.served.count()
     await asyncio.sleep(0.3)
@@ -445,8 +438,8 @@ async def test_slow_drip_server_is_cut_at_the_deadline(
     connection is shut, so no thread stays reading it."""
     # a 2 s deadline: far longer than one byte's wait, so only a total deadline cuts it
     cache = await started(cache_factory(fetch_timeout=2.0), drip_server.url)
-    await eventually(lambda: cache.fetch_error >= 1, within=8.0)
-    await eventually(drip_server.closed.is_set, within=8.0)
+    await until(lambda: cache.fetch_error >= 1, within=8.0)
+    await until(drip_server.closed.is_set, within=8.0)
     assert cache.keys(drip_server.url) is None
 
 
@@ -465,8 +458,8 @@ async def test_rule_timeout_is_the_fetch_deadline(
     auth = Authenticator(parse_jwt_rules(document, ("spec", "jwtRules")), cache)
     assert auth.jwks_timeouts == {drip_server.url: 0.3}
     cache.track(auth.jwks_timeouts)
-    await eventually(lambda: cache.fetch_error >= 1, within=5.0)
-    await eventually(drip_server.closed.is_set, within=5.0)
+    await until(lambda: cache.fetch_error >= 1, within=5.0)
+    await until(drip_server.closed.is_set, within=5.0)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "169.254.169.254", "10.1.2.3"])
@@ -480,7 +473,7 @@ async def test_private_addresses_are_refused_by_default(
     cache = JwksCache(fetch_timeout=2.0)
     try:
         await started(cache, url)
-        await eventually(lambda: cache.fetch_error >= 1)
+        await until(lambda: cache.fetch_error >= 1)
     finally:
         await cache.close()
     assert cache.keys(url) is None
@@ -494,7 +487,7 @@ async def test_allow_private_fetches_loopback(http_server: Server) -> None:
     cache = JwksCache(allow_private=True)
     try:
         await started(cache, http_server.url)
-        await eventually(lambda: cache.keys(http_server.url) is not None)
+        await until(lambda: cache.keys(http_server.url) is not None)
     finally:
         await cache.close()
 
@@ -506,7 +499,7 @@ async def test_uris_are_logged_without_credentials(
     caplog.set_level(logging.INFO, logger="extauthz.authn")
     url = http_server.url.replace("http://", "http://user:hunter2@") + "?sig=s3cret"
     cache = await started(cache_factory(), url)
-    await eventually(lambda: cache.keys(url) is not None)
+    await until(lambda: cache.keys(url) is not None)
     logged = [str(r.__dict__.get("jwks_uri")) for r in caplog.records]
     assert logged
     assert not any("hunter2" in u or "s3cret" in u or "user" in u for u in logged)
@@ -518,7 +511,7 @@ async def test_untracked_when_no_tenant_uses_it(
 ) -> None:
     """A registry whose tenants go stops fetching their jwksUri and forgets its keys."""
     from extauthz.registry import Registry
-    from extauthz.store.base import TenantSource
+    from extauthz.sources import TenantSource
 
     cache = await started(cache_factory(refresh_interval=0.1, min_refresh_interval=0.05))
     doc = {
@@ -533,7 +526,7 @@ async def test_untracked_when_no_tenant_uses_it(
     registry = Registry(cache)
     documents = tuple(load_documents(yaml.safe_dump(doc), "t.yaml"))
     registry.replace_all({"acme": TenantSource("acme", "1", documents)})
-    await eventually(lambda: cache.keys(http_server.url) is not None)
+    await until(lambda: cache.keys(http_server.url) is not None)
     registry.replace_all({})
     assert cache.tracked == frozenset()
     assert cache.keys(http_server.url) is None
@@ -550,9 +543,9 @@ async def test_unknown_kid_refreshes_even_with_kidless_keys(
     http_server.served.body = json.dumps({"keys": [kidless]}).encode()
     cache = await started(cache_factory(min_refresh_interval=0.1), http_server.url)
     auth = authenticator(http_server.url, cache)
-    await eventually(lambda: cache.keys(http_server.url) is not None)
+    await until(lambda: cache.keys(http_server.url) is not None)
     http_server.served.body = jwks((KEY_2, "k2"))
     token = sign(KEY_2, "k2")
     assert auth.authenticate(bearer(token)).error is not None
-    await eventually(lambda: "k2" in (cache.keys(http_server.url) or {}))
+    await until(lambda: "k2" in (cache.keys(http_server.url) or {}))
     assert auth.authenticate(bearer(token)).request_principal == f"{ISS}/alice"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
 
 from tests.helpers import REPO, check_request, policy_yaml, tenant_yaml
 
@@ -217,3 +218,61 @@ def test_check_fetches_jwks_uri_keys(tmp_path: Path) -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_check_reads_xfcc_from_a_trusted_proxy_like_the_server(tmp_path: Path) -> None:
+    """check takes the server's trusted-proxy flags (and variables): with them, the client
+    named in a trusted proxy's x-forwarded-client-cert decides; without, the proxy does."""
+    proxy = "spiffe://cluster.local/ns/istio-system/sa/gateway"
+    client = "spiffe://cluster.local/ns/shop/sa/frontend"
+    spec = (
+        "  action: ALLOW\n  rules:\n  - from:\n"
+        "    - source: {principals: [cluster.local/ns/shop/sa/frontend]}"
+    )
+    (tmp_path / "shop.yaml").write_text(
+        tenant_yaml("shop", match="{hosts: [shop.test]}") + "---\n" + policy_yaml("p", "shop", spec)
+    )
+    request = check_request(
+        host="shop.test",
+        principal=proxy,
+        headers={"x-forwarded-client-cert": f"By={proxy};URI={client}"},
+    )
+    req = tmp_path / "req.json"
+    req.write_text(json_format.MessageToJson(request))
+    base = ["check", "--policies", str(tmp_path), "--request", str(req), "--output", "json"]
+    untrusted = run(*base)
+    assert untrusted.returncode == 1, untrusted.stderr
+    assert json.loads(untrusted.stdout)["principal"] == proxy
+    trusted = run(*base, "--trusted-proxy-principal", proxy)
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads(trusted.stdout)["principal"] == client
+    from_env = run(*base, env={"EXTAUTHZ_TRUSTED_PROXY_PRINCIPAL": proxy})
+    assert from_env.returncode == 0, from_env.stderr
+
+
+def test_check_reads_xfcc_in_the_servers_mode(tmp_path: Path) -> None:
+    """check takes --trusted-proxy-xfcc: a two-element header from a trusted proxy is refused
+    in SANITIZE_SET (the default) and decided by its last element in APPEND_FORWARD."""
+    proxy = "spiffe://cluster.local/ns/istio-system/sa/gateway"
+    client = "spiffe://cluster.local/ns/shop/sa/frontend"
+    spec = (
+        "  action: ALLOW\n  rules:\n  - from:\n"
+        "    - source: {principals: [cluster.local/ns/shop/sa/frontend]}"
+    )
+    (tmp_path / "shop.yaml").write_text(
+        tenant_yaml("shop", match="{hosts: [shop.test]}") + "---\n" + policy_yaml("p", "shop", spec)
+    )
+    xfcc = f"By={proxy};URI=spiffe://cluster.local/ns/other/sa/x,By={proxy};URI={client}"
+    request = check_request(
+        host="shop.test", principal=proxy, headers={"x-forwarded-client-cert": xfcc}
+    )
+    req = tmp_path / "req.json"
+    req.write_text(json_format.MessageToJson(request))
+    base = ["check", "--policies", str(tmp_path), "--request", str(req), "--output", "json"]
+    base += ["--trusted-proxy-principal", proxy]
+    sanitized = run(*base)
+    assert sanitized.returncode == 1, sanitized.stderr
+    assert json.loads(sanitized.stdout)["decision"] == "deny"
+    forwarded = run(*base, "--trusted-proxy-xfcc", "APPEND_FORWARD")
+    assert forwarded.returncode == 0, forwarded.stderr
+    assert json.loads(forwarded.stdout)["principal"] == client

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import json_format
 
 from tests.helpers import Issuer, ServerProcess, check_request, serving, wait_for
-from tests.test_telemetry_support import HOST, shop_policies
+from tests.telemetry_support import HOST, shop_policies
 
 FRONTEND = "spiffe://cluster.local/ns/web/sa/frontend"
 

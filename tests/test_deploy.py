@@ -242,7 +242,7 @@ def istio_errors(doc: dict[str, Any], filename: str) -> list[str]:
 
 def validate_object(doc: dict[str, Any]) -> None:
     """Validate one manifest object: Istio kinds by our schemas, the rest as Kubernetes."""
-    istio = ISTIO_SCHEMA_FILES.get((doc.get("apiVersion"), doc.get("kind")))
+    istio = ISTIO_SCHEMA_FILES.get((str(doc.get("apiVersion")), str(doc.get("kind"))))
     if istio is not None:
         errors = istio_errors(doc, istio)
         assert not errors, f"{doc['kind']}/{doc['metadata']['name']}: {errors}"
@@ -535,7 +535,7 @@ def test_network_policy() -> None:
 # --------------------------------------------------------------------------- Istio
 
 
-def provider_entries() -> dict[str, dict[str, Any]]:
+def provider_entries() -> dict[str, list[dict[str, Any]]]:
     iop = load_yaml_docs(DEPLOY / "istio" / "extension-provider.istiooperator.yaml")
     (iop_doc,) = iop
     (values,) = load_yaml_docs(HELM_VALUES_FILE)

@@ -17,7 +17,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from google.rpc import code_pb2
 
 from tests.helpers import Issuer, check_request, serving
-from tests.test_telemetry_support import HOST, shop_policies
+from tests.telemetry_support import HOST, shop_policies
 
 CHANNELS = 8
 CHECKS = 1000  # in all, over CHANNELS connections (more can overflow the server queue)

@@ -76,7 +76,7 @@ def test_istio_path_parts() -> None:
     assert parse_spiffe_id("spiffe://cluster.local/workload").namespace is None
 
 
-xfcc_values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+xfcc_values = st.text(st.characters(exclude_categories=["Cs"]), max_size=30)
 
 
 @given(

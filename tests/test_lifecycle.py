@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extauthz.health import LIVENESS
 from tests.helpers import Issuer, ServerProcess, check_request, free_port, serving, wait_for
-from tests.test_telemetry_support import HOST, shop_policies
+from tests.telemetry_support import HOST, shop_policies
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

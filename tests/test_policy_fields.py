@@ -506,7 +506,7 @@ def test_any_from_entry_and_all_conditions() -> None:
 
 def test_deciding_rule_in_envoy_order() -> None:
     """Among several matching rules, the deciding one is Envoy's first (by policy name)."""
-    rules = [{} for _ in range(11)]
+    rules: list[dict[str, Any]] = [{} for _ in range(11)]
     compiled = build(doc({"rules": rules}, "b"), doc({"rules": [{}]}, "b-x"))
     result = evaluate(compiled, Subject())
     # Envoy sorts "ns[acme]-policy[b-x]-rule[0]" < "ns[acme]-policy[b]-rule[0]" and

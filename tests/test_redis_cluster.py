@@ -18,7 +18,7 @@ from extauthz.store.redis import RedisStore
 from extauthz.store.redis_admin import PolicyAdmin
 from extauthz.store.redis_client import connect, parse_url
 from extauthz.store.redis_model import TenantRepo
-from tests.helpers import RedisClusterServers, tenant_documents
+from tests.helpers import RedisClusterServers, tenant_documents, until
 
 pytestmark = pytest.mark.redis
 
@@ -39,7 +39,7 @@ async def admin(cluster: RedisClusterServers) -> AsyncIterator[PolicyAdmin]:
     target = parse_url(cluster.url)
     client = connect(target)
     try:
-        await client.flushall(target_nodes=client.PRIMARIES)  # type: ignore[call-arg]
+        await client.flushall(target_nodes=client.PRIMARIES)  # type: ignore[call-arg,union-attr]
         yield PolicyAdmin(TenantRepo(client, target.prefix))
     finally:
         await client.aclose()
@@ -105,12 +105,12 @@ async def test_store_loads_and_follows_changes_on_cluster(
     registry = Registry(JwksCache())
     task = asyncio.create_task(store.run(registry))
     try:
-        await _until(lambda: registry.ready)
+        await until(lambda: registry.ready)
         assert sorted(registry.snapshot.tenants) == sorted(TENANTS)
         await admin.apply(load_documents(tenant_documents("t5", "h5.test", ["/x"]), "t.yaml"))
         await admin.delete("t9")
-        await _until(lambda: "t9" not in registry.snapshot.tenants)
-        await _until(lambda: registry.snapshot.tenants["t5"].version == "2")
+        await until(lambda: "t9" not in registry.snapshot.tenants)
+        await until(lambda: registry.snapshot.tenants["t5"].version == "2")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -127,12 +127,3 @@ def test_cli_against_cluster(
     capsys.readouterr()
     assert main(["policy", "get", "cli", "--redis-url", cluster.url]) == 0
     assert "cli.test" in capsys.readouterr().out
-
-
-async def _until(predicate: object) -> None:
-    assert callable(predicate)
-    for _ in range(750):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise TimeoutError("condition not reached")

@@ -255,7 +255,8 @@ def test_tls_sentinel_and_master_with_a_private_ca(tmp_path: Path) -> None:
     Sentinel's certificate is refused (exit 2)."""
     ca = TestCA(tmp_path / "pki")
     cert = ca.server("redis")
-    tls_files = ("--tls-cert-file", str(cert.cert), "--tls-key-file", str(cert.key))
+    tls_files: tuple[str, ...] = ("--tls-cert-file", str(cert.cert))
+    tls_files += ("--tls-key-file", str(cert.key))
     tls_files += ("--tls-ca-cert-file", str(ca.cert), "--tls-auth-clients", "no")
     master_tls = free_port()
     master = RedisServer("--tls-port", str(master_tls), *tls_files)

@@ -16,18 +16,9 @@ from extauthz.store.redis import RedisStore
 from extauthz.store.redis_admin import PolicyAdmin
 from extauthz.store.redis_client import connect, parse_url
 from extauthz.store.redis_model import TenantRepo
-from tests.helpers import RedisServer, redis_cli, tenant_documents
+from tests.helpers import RedisServer, redis_cli, tenant_documents, until
 
 pytestmark = pytest.mark.redis
-
-
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll ``predicate`` for up to 15 s (a bound against hangs, not a timing assertion)."""
-    for _ in range(750):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 class Harness:

@@ -7,7 +7,7 @@ from extauthz.documents import load_documents
 from extauthz.errors import DocumentError, Reason
 from extauthz.model import RequestView
 from extauthz.registry import Registry
-from extauthz.store.base import TenantSource
+from extauthz.sources import TenantSource
 from extauthz.store.files import sources_of
 from tests.helpers import policy_yaml, tenant_yaml
 

@@ -19,10 +19,11 @@ from extauthz.authn import JwksCache
 from extauthz.documents import load_documents
 from extauthz.errors import Reason
 from extauthz.model import RequestView
-from extauthz.pipeline import CheckPipeline, Outcome
+from extauthz.outcome import Outcome
+from extauthz.pipeline import CheckPipeline
 from extauthz.registry import Registry, Snapshot
 from extauthz.servicer import AuthorizationServicer
-from extauthz.store.base import TenantSource
+from extauthz.sources import TenantSource
 from tests.helpers import Issuer, check_request, policy_yaml, tenant_yaml
 
 HOST = "shop.example.com"

@@ -14,7 +14,7 @@ from opentelemetry.trace import SpanKind
 
 from extauthz.telemetry import OTHER_TENANT, SPAN_NAME
 from tests.helpers import Issuer, check_request
-from tests.test_telemetry_support import HOST, running, shop_policies
+from tests.telemetry_support import HOST, running, shop_policies
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from extauthz.errors import Reason
 from extauthz.model import RequestView
-from extauthz.pipeline import Outcome
+from extauthz.outcome import Outcome
 from extauthz.telemetry import DURATION_BUCKETS, Sampling, Telemetry, sampling_of
 
 ALLOW = Outcome(True, Reason.ALLOWED, 200, tenant="shop", policy="shop/p", rule=0)
@@ -53,7 +53,7 @@ def checks(reader: InMemoryMetricReader) -> dict[tuple[str, str, str], int]:
     data = reader.get_metrics_data()
     assert data is not None
     return {
-        (p.attributes["tenant"], p.attributes["decision"], p.attributes["reason"]): p.value
+        (p.attributes["tenant"], p.attributes["decision"], p.attributes["reason"]): p.value  # type: ignore[misc, index, union-attr]
         for rm in data.resource_metrics
         for sm in rm.scope_metrics
         for m in sm.metrics

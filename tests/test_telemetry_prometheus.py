@@ -10,7 +10,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import Issuer, check_request, free_port, serving, wait_for
-from tests.test_telemetry_support import HOST, shop_policies
+from tests.telemetry_support import HOST, shop_policies
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from extauthz.authn import JwksCache
 from extauthz.decisionlog import DecisionLog
 from extauthz.model import RequestView
-from extauthz.pipeline import CheckPipeline, Outcome
+from extauthz.outcome import Outcome
+from extauthz.pipeline import CheckPipeline
 from extauthz.registry import Registry
 from extauthz.servicer import AuthorizationServicer, Observer
 from extauthz.settings import Settings

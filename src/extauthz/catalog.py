@@ -17,7 +17,7 @@ from extauthz.documents import KIND_DATASET, KIND_TENANT, Document
 from extauthz.errors import DocumentError, Location
 from extauthz.policy import CompiledPolicies, compile_policies
 from extauthz.policy.custom import CustomContext
-from extauthz.store.base import TenantSource
+from extauthz.sources import TenantSource
 from extauthz.tenancy import (
     TenantSpec,
     check_document_names,

@@ -5,9 +5,11 @@ access logs join decision logs), tenant, principal, request principal, method, h
 decision, reason, deciding policy and rule, latency, AUDIT matches, the dry-run (shadow)
 decision, and the request headers with these values replaced by ``[redacted]``:
 ``authorization``, ``proxy-authorization``, ``cookie``, ``set-cookie``, any header whose name
-says token, jwt, secret, password, session or api key, and each ``--mask-header``. Whatever is
-left, and the path's query, has JWT-shaped strings masked and the values of query parameters
-with such names too: a token never reaches a log line.
+says token, jwt, secret, password, session or key (``redaction.is_secret``, the list the other
+logs use too), and each ``--mask-header``. Whatever is
+left, and the path's query, has JWT-shaped strings masked, and the values of query parameters
+named after the same list (``redaction.SECRET_PARAM_WORDS``) too: a token never reaches a log
+line.
 
 ``mode`` selects which decisions are written (``all``, ``deny``, ``none``) and ``sample`` the
 fraction of those. A decision with an AUDIT match, or whose dry-run decision differs from
@@ -29,16 +31,11 @@ from typing import Any, Final
 import structlog
 
 from extauthz.model import RequestView
-from extauthz.pipeline import Outcome
+from extauthz.outcome import Outcome, decision_record
+from extauthz.redaction import MASK, SECRET_PARAM_WORDS, is_secret
 
 __all__ = ["MASK", "DecisionLog", "Mode", "mask_headers", "mask_jwts", "mask_path"]
 
-MASK: Final = "[redacted]"
-ALWAYS_MASKED: Final = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
-SECRET_WORDS: Final = (
-    "token", "jwt", "secret", "password", "session", "api-key", "apikey", "authorization",
-)  # fmt: skip
-SECRET_PARAM_WORDS: Final = ("token", "jwt", "secret", "password", "session", "key", "code", "auth")
 # A base64url run: always matches (maybe empty), greedily, without backtracking.
 _B64URL_RUN: Final = re.compile(r"[A-Za-z0-9_-]*")
 _PARAM_SEPARATORS: Final = re.compile(r"([&;#])")
@@ -63,11 +60,7 @@ class _Masker:
     def __call__(self, name: str) -> bool:
         masked = self._cache.get(name)
         if masked is None:
-            masked = (
-                name in ALWAYS_MASKED
-                or name in self._extra
-                or any(word in name for word in SECRET_WORDS)
-            )
+            masked = name in self._extra or is_secret(name)
             if len(self._cache) < 4096:
                 self._cache[name] = masked
         return masked
@@ -191,32 +184,15 @@ class DecisionLog:
     def fields(
         self, outcome: Outcome, view: RequestView | None, decision_id: str, seconds: float
     ) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "decision_id": mask_jwts(decision_id),
-            "decision": "allow" if outcome.allowed else "deny",
-            "reason": str(outcome.reason),
-            "status": outcome.status,
-            "tenant": outcome.tenant,
-            "principal": outcome.principal,
-            "request_principal": outcome.request_principal,
-            "policy": outcome.policy,
-            "rule": outcome.rule,
-            "latency_ms": round(seconds * 1000.0, 3),
-        }
-        if outcome.version:
-            event["policy_version"] = outcome.version
-        if not outcome.allowed and outcome.detail:
+        event: dict[str, Any] = {}
+        for name, value in decision_record(outcome, decision_id).items():
+            event[name] = value
+            if name == "rule":  # the always-present fields first, then the latency
+                event["latency_ms"] = round(seconds * 1000.0, 3)
+        if "eyJ" in decision_id:
+            event["decision_id"] = mask_jwts(decision_id)
+        if "detail" in event:
             event["detail"] = mask_jwts(outcome.detail)
-        if outcome.audits:
-            event["audit"] = list(outcome.audits)
-        if outcome.jwt_cache_hit is not None:
-            event["authn_cache"] = "hit" if outcome.jwt_cache_hit else "miss"
-        shadow = outcome.shadow
-        if shadow is not None:
-            event["shadow_decision"] = "allow" if shadow.allowed else "deny"
-            event["shadow_reason"] = str(shadow.reason)
-            event["shadow_policy"] = shadow.policy
-            event["shadow_rule"] = shadow.rule
         if view is not None:
             event["method"] = view.method
             event["host"] = view.host

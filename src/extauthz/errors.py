@@ -1,8 +1,8 @@
 """Stable reason codes and the errors that carry them.
 
 A reason code names why a Check ended as it did. The same string is used in logs, metrics,
-dynamic metadata and the ``x-extauthz-reason`` header of a denial, so it never changes once
-released.
+spans, dynamic metadata and the gRPC status message of a denial, so it never changes once
+released. The client's HTTP response does not carry it.
 """
 
 from __future__ import annotations

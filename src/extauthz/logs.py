@@ -4,9 +4,9 @@ Records are rendered where they are logged and written to stderr by a ``QueueLis
 thread, so the event loop never blocks on a slow or full pipe. ``flush_logging`` (also run at
 exit) writes what is still queued.
 
-Secrets never reach a log line: values under keys that name tokens, keys, passwords,
-cookies or authorization are masked by ``redact`` before rendering, whichever logger the
-record came from.
+Secrets never reach a log line: values under keys that ``redaction.is_secret`` names
+(tokens, keys, passwords, sessions, cookies, authorization) are masked by ``redact`` before
+rendering, whichever logger the record came from.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any, Final
 
 import structlog
 
+from extauthz.redaction import MASK, is_secret
+
 __all__ = ["configure_logging", "flush_logging", "redact"]
 
-SENSITIVE: Final = ("token", "authorization", "cookie", "password", "secret", "jwt", "key")
-MASK: Final = "[redacted]"
 DECISION_LOGGER: Final = "extauthz.decision"  # written whatever --log-level says
 
 _listener: logging.handlers.QueueListener | None = None
@@ -33,8 +33,7 @@ _listener: logging.handlers.QueueListener | None = None
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Mask values whose key names a secret (structlog processor)."""
     for key in list(event):
-        lowered = key.lower()
-        if lowered != "event" and any(word in lowered for word in SENSITIVE):
+        if key != "event" and is_secret(key):
             event[key] = MASK
     return event
 

@@ -8,12 +8,9 @@ by the servicer and becomes an ``internal`` deny.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Final, NamedTuple
+from typing import Final
 
 from extauthz.authn import AuthnResult
 from extauthz.catalog import CompiledTenant
@@ -22,13 +19,14 @@ from extauthz.identity import (
     XFCC_HEADER,
     PeerIdentityError,
     SpiffeId,
-    TrustedProxies,
     parse_spiffe_id,
     peer_identity,
 )
 from extauthz.model import IPAddress, RequestView, Subject
-from extauthz.pathnorm import PathNormalization, normalize_path
-from extauthz.policy import PolicyResult, ShadowResult, evaluate
+from extauthz.options import CheckOptions
+from extauthz.outcome import Outcome, deny
+from extauthz.pathnorm import normalize_path
+from extauthz.policy import PolicyResult, evaluate
 from extauthz.registry import Snapshot
 
 __all__ = [
@@ -36,7 +34,6 @@ __all__ = [
     "HEADER_REQUEST_PRINCIPAL",
     "HEADER_TENANT",
     "CheckPipeline",
-    "Outcome",
 ]
 
 HEADER_TENANT: Final = "x-extauthz-tenant"
@@ -51,41 +48,6 @@ OWN_HEADERS: Final = (HEADER_TENANT, HEADER_PRINCIPAL, HEADER_REQUEST_PRINCIPAL)
 _PARSED_CACHE: Final = 4096
 _MEMO_MAX_CHARS: Final = 256
 _MAX_IP_CHARS: Final = 64  # the longest IPv6 text with a zone id is shorter
-
-
-class Outcome(NamedTuple):
-    """The one result type of a Check; ``response.build`` maps it to a CheckResponse."""
-
-    allowed: bool
-    reason: Reason
-    status: int  # HTTP status: 200, or the denial's 401/403
-    tenant: str = ""
-    policy: str = ""
-    rule: int = -1
-    principal: str = ""
-    request_principal: str = ""
-    detail: str = ""  # for logs only, never sent to the client
-    headers_to_add: tuple[tuple[str, str], ...] = ()
-    headers_to_remove: tuple[str, ...] = ()
-    audits: tuple[str, ...] = ()
-    shadow: ShadowResult | None = None
-    jwt_cache_hit: bool | None = None
-    version: str = ""
-
-
-def deny(
-    reason: Reason, detail: str, *, status: int = 403, tenant: str = "", **kw: object
-) -> Outcome:
-    return Outcome(False, reason, status, tenant=tenant, detail=detail, **kw)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True, slots=True)
-class CheckOptions:
-    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
-    xff_num_trusted_hops: int = 0
-    path_normalization: PathNormalization = PathNormalization.BASE
-    # the instant a Check is decided at (time windows, CEL request.time); `check --at` fixes it
-    clock: Callable[[], datetime.datetime] = field(default=lambda: utc_now())
 
 
 class CheckPipeline:
@@ -203,10 +165,6 @@ class CheckPipeline:
             if len(entries) > self._hops:
                 return _ip(entries[-1 - self._hops])
         return _ip(view.source_address)
-
-
-def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 def _removals(added: list[tuple[str, str]], token_headers: tuple[str, ...]) -> tuple[str, ...]:

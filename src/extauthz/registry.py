@@ -22,8 +22,9 @@ import structlog
 from extauthz.authn import JwksCache
 from extauthz.catalog import CompiledTenant, compile_tenant, unavailable_tenant
 from extauthz.errors import Reason
+from extauthz.loader import route_conflict
 from extauthz.model import RequestView
-from extauthz.store.base import TenantSource
+from extauthz.sources import TenantSource
 from extauthz.tenancy import TenantConflict, TenantRouter, TenantSpec, check_tenant_name
 
 __all__ = ["Registry", "Routing", "Snapshot"]
@@ -233,10 +234,9 @@ class Registry:
         order = sorted(tenants, key=lambda n: (old.get(n) is not tenants[n], n))
         for name in order:
             trial = {**accepted, name: tenants[name]}
-            try:
-                TenantRouter(t.spec for t in trial.values())
-            except TenantConflict as exc:
-                self._count_reject(name, tenants[name].version, exc)
+            conflict = route_conflict(t.spec for t in trial.values())
+            if conflict is not None:
+                self._count_reject(name, tenants[name].version, conflict)
                 if name in old and old[name] is not tenants[name]:
                     accepted[name] = old[name]
                 continue

@@ -22,7 +22,8 @@ from google.rpc import code_pb2
 from extauthz.decode import MalformedRequest, decode
 from extauthz.errors import Reason
 from extauthz.model import RequestView
-from extauthz.pipeline import CheckPipeline, Outcome, deny
+from extauthz.outcome import Outcome, deny
+from extauthz.pipeline import CheckPipeline
 from extauthz.registry import Registry
 from extauthz.response import build_response
 

@@ -3,21 +3,35 @@
 Every flag has an environment variable named ``EXTAUTHZ_`` + the flag in upper case with
 ``-`` as ``_`` (``--redis-url`` -> ``EXTAUTHZ_REDIS_URL``). A flag given on the command
 line wins over the variable. Anything invalid fails here, before a port is opened.
+
+Each setting is written once: its default on the ``Settings`` field, its flag and help text
+in ``FLAGS``. ``extauthz serve`` has a flag for each; ``extauthz check`` for each that changes
+a decision (``Flag.check``), so an offline decision is the server's.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+from typing import Any, Final
 
 from extauthz.identity import XFCC_MODES, TrustedProxies, parse_spiffe_id
+from extauthz.options import CheckOptions
 from extauthz.pathnorm import PathNormalization
-from extauthz.pipeline import CheckOptions
 
-__all__ = ["Settings", "SettingsError", "env_name", "parse_hostport"]
+__all__ = [
+    "FLAGS",
+    "METRICS_PORT",
+    "Flag",
+    "Settings",
+    "SettingsError",
+    "env_name",
+    "parse_hostport",
+    "settings_from_flags",
+]
 
 ENV_PREFIX = "EXTAUTHZ_"
 
@@ -62,7 +76,6 @@ class Settings:
     mask_headers: tuple[str, ...] = ()
     workers: int = 1
     reuse_port: bool = False  # set for the workers of a supervisor (SO_REUSEPORT)
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     def check(self) -> Settings:
         """Validate; returns self. Raises SettingsError."""
@@ -111,3 +124,119 @@ class Settings:
             xff_num_trusted_hops=self.xff_num_trusted_hops,
             path_normalization=self.path_normalization,
         )
+
+
+METRICS_PORT: Final = 9464
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """The command-line side of one ``Settings`` field."""
+
+    help: str
+    name: str = ""  # the flag without "--", when it is not the field's name
+    choices: tuple[str, ...] = ()
+    check: bool = False  # changes a decision: ``extauthz check`` takes it too
+
+
+# Field name -> flag, in the order of ``extauthz serve --help``. A repeatable flag is a tuple
+# field; its variable holds comma-separated values. A bool field is a switch (its variable:
+# 1, true, yes or on).
+FLAGS: Final[dict[str, Flag]] = {
+    "policies": Flag("directory (or file) of YAML documents", check=True),
+    "redis_url": Flag("redis://, rediss://, unix:// (tenant rules in Redis)"),
+    "listen": Flag("gRPC address HOST:PORT"),
+    "metrics_listen": Flag(
+        f"Prometheus address HOST:PORT (default: the --listen host, port {METRICS_PORT};"
+        " off when empty)"
+    ),
+    "metrics_max_tenants": Flag(
+        "tenants with their own metric label value; later ones count as _other"
+    ),
+    "xff_num_trusted_hops": Flag("hops of x-forwarded-for to trust", check=True),
+    "trusted_proxy_principals": Flag(
+        "SPIFFE ID whose x-forwarded-client-cert is trusted (repeatable)",
+        name="trusted-proxy-principal",
+        check=True,
+    ),
+    "trusted_proxy_cidrs": Flag(
+        "peer network whose x-forwarded-client-cert is trusted (repeatable)",
+        name="trusted-proxy-cidr",
+        check=True,
+    ),
+    "trusted_proxy_xfcc": Flag(
+        "how the trusted proxies fill x-forwarded-client-cert (forward_client_cert_details)",
+        choices=XFCC_MODES,
+        check=True,
+    ),
+    "path_normalization": Flag(
+        "as Istio's meshConfig", choices=tuple(m.value for m in PathNormalization), check=True
+    ),
+    "jwks_ca_file": Flag("CA bundle for jwksUri fetches (default: system)", check=True),
+    "jwks_allow_private": Flag(
+        "let jwksUri resolve to loopback, private or link-local addresses (refused by default:"
+        " tenants could reach internal services and cloud metadata)",
+        check=True,
+    ),
+    "poll_interval": Flag("seconds between policy file scans"),
+    "grace_period": Flag("seconds to finish in-flight Checks"),
+    "log_level": Flag("debug, info, warning, error"),
+    "log_format": Flag("log format", choices=("json", "console")),
+    "decision_log": Flag(
+        "which decisions get a log line (AUDIT matches and dry-run differences always do);"
+        " 'all' costs about a third of the throughput",
+        choices=("all", "deny", "none"),
+    ),
+    "decision_log_sample": Flag("fraction of those to log (0..1)"),
+    "mask_headers": Flag(
+        "header that decision logs mask, besides authorization and cookies (repeatable)",
+        name="mask-header",
+    ),
+    "workers": Flag("processes sharing the port (SO_REUSEPORT)"),
+}
+
+# Field type (as annotated) -> how a flag's text becomes the value.
+_PARSE: Final[dict[str, Callable[[Any], Any]]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "Path": Path,
+    "PathNormalization": PathNormalization,
+    "str | None": lambda value: value or None,
+    "bool": bool,
+    "tuple[str, ...]": tuple,
+}
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + (FLAGS[field_name].name or field_name.replace("_", "-"))
+
+
+def default_of(field_name: str) -> Any:
+    (spec,) = [f for f in fields(Settings) if f.name == field_name]
+    return None if spec.default is MISSING else spec.default
+
+
+def settings_from_flags(values: Mapping[str, Any]) -> Settings:
+    """Settings from flag values as the command line gives them: text (from the flag or its
+    variable), a list for a repeatable flag, None for one not given (the field's default).
+    Raises SettingsError."""
+    kwargs: dict[str, Any] = {}
+    types = {f.name: str(f.type) for f in fields(Settings)}
+    try:
+        for name, value in values.items():
+            if name == "metrics_listen":
+                kwargs[name] = _metrics_listen(value, values.get("listen") or default_of("listen"))
+            elif value is not None and (value != "" or types[name] != "Path"):
+                kwargs[name] = _PARSE[types[name]](value)
+        return Settings(**kwargs).check()
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def _metrics_listen(value: str | None, listen: str) -> str | None:
+    """Unset: port 9464 on the --listen host. Empty (or "off"): no metrics endpoint."""
+    if value is None:
+        host = listen.rpartition(":")[0] or "0.0.0.0"
+        return f"{host}:{METRICS_PORT}"
+    return None if value.strip().lower() in ("", "off") else value

@@ -47,7 +47,7 @@ from extauthz.authn import JwksCache
 from extauthz.catalog import CompiledTenant
 from extauthz.errors import Reason
 from extauthz.model import RequestView
-from extauthz.pipeline import Outcome
+from extauthz.outcome import Outcome, decision_record
 from extauthz.registry import Registry
 from extauthz.telemetry_counts import DURATION_BUCKETS, CheckCounts, DurationCollector
 
@@ -63,6 +63,10 @@ __all__ = [
 ]
 
 SPAN_NAME: Final = "envoy.service.auth.v3.Authorization/Check"
+# Span attributes are the decision record's fields under this prefix (the record's
+# ``shadow_x`` as ``shadow.x``, ``authn_cache`` as the boolean ``jwt_cache_hit``); a span
+# leaves out status, detail and the request principal.
+SPAN_PREFIX: Final = "extauthz."
 OTHER_TENANT: Final = "_other"
 INSTRUMENTATION: Final = "extauthz"
 _DECISION: Final = {True: "allow", False: "deny"}
@@ -381,33 +385,30 @@ def span_attributes(
     outcome: Outcome, view: RequestView | None, decision_id: str
 ) -> dict[str, str | int | bool | list[str]]:
     """What a Check span says: the decision and who decided, never a header value."""
+    record = decision_record(outcome, decision_id)
     attrs: dict[str, str | int | bool | list[str]] = {
         "rpc.system": "grpc",
         "rpc.service": "envoy.service.auth.v3.Authorization",
         "rpc.method": "Check",
-        "extauthz.decision": _DECISION[outcome.allowed],
-        "extauthz.reason": str(outcome.reason),
-        "extauthz.decision_id": decision_id,
-        "extauthz.tenant": outcome.tenant,
     }
+    for name in ("decision", "reason", "decision_id", "tenant"):
+        attrs[SPAN_PREFIX + name] = record[name]
     if outcome.policy:
-        attrs["extauthz.policy"] = outcome.policy
-        attrs["extauthz.rule"] = outcome.rule
-    if outcome.version:
-        attrs["extauthz.policy_version"] = outcome.version
-    if outcome.principal:
-        attrs["extauthz.principal"] = outcome.principal
-    if outcome.jwt_cache_hit is not None:
-        attrs["extauthz.jwt_cache_hit"] = outcome.jwt_cache_hit
-    if outcome.audits:
-        attrs["extauthz.audit"] = list(outcome.audits)
-    shadow = outcome.shadow
-    if shadow is not None:
-        attrs["extauthz.shadow.decision"] = _DECISION[shadow.allowed]
-        attrs["extauthz.shadow.reason"] = str(shadow.reason)
-        if shadow.policy:
-            attrs["extauthz.shadow.policy"] = shadow.policy
-            attrs["extauthz.shadow.rule"] = shadow.rule
+        attrs["extauthz.policy"] = record["policy"]
+        attrs["extauthz.rule"] = record["rule"]
+    for name in ("policy_version", "principal"):
+        if record.get(name):
+            attrs[SPAN_PREFIX + name] = record[name]
+    if "authn_cache" in record:
+        attrs["extauthz.jwt_cache_hit"] = record["authn_cache"] == "hit"
+    if "audit" in record:
+        attrs["extauthz.audit"] = record["audit"]
+    if "shadow_decision" in record:
+        attrs["extauthz.shadow.decision"] = record["shadow_decision"]
+        attrs["extauthz.shadow.reason"] = record["shadow_reason"]
+        if record["shadow_policy"]:
+            attrs["extauthz.shadow.policy"] = record["shadow_policy"]
+            attrs["extauthz.shadow.rule"] = record["shadow_rule"]
     if view is not None:
         attrs["http.request.method"] = view.method
         attrs["server.address"] = view.host

@@ -19,8 +19,9 @@ with atheris.instrument_imports(include=["extauthz"]):
     from extauthz.authn.jwks import JwksCache
     from extauthz.decode import MalformedRequest, decode
     from extauthz.identity import PeerIdentityError, TrustedProxies, peer_identity
+    from extauthz.options import CheckOptions
     from extauthz.pathnorm import PathNormalization
-    from extauthz.pipeline import CheckOptions, CheckPipeline
+    from extauthz.pipeline import CheckPipeline
     from extauthz.registry import Registry
     from extauthz.response import build_response
     from extauthz.servicer import AuthorizationServicer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import sys
@@ -14,15 +15,16 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import json_format
 
 from extauthz.authn import JwksCache
-from extauthz.cli import _env
-from extauthz.cli.policy import compile_all
+from extauthz.cli._flags import add_settings_flags, settings_from_args
 from extauthz.decode import MalformedRequest, decode
 from extauthz.errors import Reason
-from extauthz.pathnorm import PathNormalization
-from extauthz.pipeline import CheckOptions, CheckPipeline, utc_now
+from extauthz.loader import compile_all
+from extauthz.outcome import Outcome, decision_record
+from extauthz.pipeline import CheckPipeline
 from extauthz.policy import explain
 from extauthz.registry import Snapshot
 from extauthz.response import metadata_of
+from extauthz.settings import SettingsError
 from extauthz.store.files import read_directory
 
 
@@ -30,7 +32,6 @@ def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "check", help="decide a CheckRequest (JSON) offline and explain the decision"
     )
-    _env.add(p, "--policies", default="policies", help="directory (or file) of YAML documents")
     p.add_argument(
         "--request",
         required=True,
@@ -38,21 +39,7 @@ def register(sub: Any) -> None:
         help="CheckRequest as JSON (Envoy's protobuf JSON), '-' for stdin",
     )
     p.add_argument("--output", choices=["text", "json"], default="text")
-    _env.add(
-        p,
-        "--path-normalization",
-        default="BASE",
-        choices=[m.value for m in PathNormalization],
-        help="as Istio's meshConfig",
-    )
-    _env.add(p, "--xff-num-trusted-hops", default="0", help="hops of x-forwarded-for to trust")
-    _env.add(p, "--jwks-ca-file", help="CA bundle for jwksUri fetches (default: system)")
-    _env.add(
-        p,
-        "--jwks-allow-private",
-        action="store_true",
-        help="let jwksUri resolve to loopback, private or link-local addresses",
-    )
+    add_settings_flags(p, "check")
     p.add_argument(
         "--at",
         type=instant,
@@ -97,11 +84,26 @@ def fetch_keys(jwks: JwksCache, uris: frozenset[str], timeout: float = 5.0) -> l
     return sorted(u for u in uris if jwks.keys(u) is None)
 
 
+def json_output(outcome: Outcome, decision_id: str) -> dict[str, object]:
+    """``--output json``: the dynamic metadata, with the record's status, detail (also of
+    an allow: empty) and the dry-run reason and rule."""
+    record = decision_record(outcome, decision_id)
+    out = {**metadata_of(outcome, decision_id), "status": record["status"]}
+    out["detail"] = record.get("detail", outcome.detail)
+    for name in ("shadow_reason", "shadow_rule"):
+        if name in record:
+            out[name] = record[name]
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
-    docs, errors = read_directory(Path(args.policies))
-    jwks = JwksCache(
-        ca_file=args.jwks_ca_file or None, allow_private=bool(args.jwks_allow_private)
-    )
+    try:
+        settings = settings_from_args(args, "check")
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    docs, errors = read_directory(settings.policies)
+    jwks = JwksCache(ca_file=settings.jwks_ca_file, allow_private=settings.jwks_allow_private)
     tenants, compile_errors = compile_all(docs, jwks)
     for error in [*errors, *compile_errors]:
         print(f"error: {error}", file=sys.stderr)
@@ -112,14 +114,11 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, json_format.ParseError, MalformedRequest) as exc:
         print(f"error: {args.request}: {exc}", file=sys.stderr)
         return 2
+    options = settings.check_options()
     at: datetime.datetime | None = args.at
-    pipeline = CheckPipeline(
-        CheckOptions(
-            xff_num_trusted_hops=int(args.xff_num_trusted_hops),
-            path_normalization=PathNormalization(args.path_normalization),
-            clock=(lambda: at) if at is not None else utc_now,
-        )
-    )
+    if at is not None:
+        options = dataclasses.replace(options, clock=lambda: at)
+    pipeline = CheckPipeline(options)
     snapshot = Snapshot.build(tenants)
     outcome, tenant, subject = pipeline.trace(snapshot, view)
     uris = tenant.authenticator.jwks_uris if tenant is not None else frozenset()
@@ -128,12 +127,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: no keys from {uri}", file=sys.stderr)
         outcome, tenant, subject = pipeline.trace(snapshot, view)
     explanation = explain(tenant.policies, subject) if tenant and subject else None
-    meta = metadata_of(outcome, view.request_id)
     if args.output == "json":
-        out = {**meta, "status": outcome.status, "detail": outcome.detail}
-        if outcome.shadow is not None:
-            out["shadow_reason"] = str(outcome.shadow.reason)
-            out["shadow_rule"] = outcome.shadow.rule
+        out = json_output(outcome, view.request_id)
         if explanation is not None:
             out["explanation"] = explanation.to_dict()
         print(json.dumps(out, indent=2))

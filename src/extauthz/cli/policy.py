@@ -22,17 +22,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from extauthz.authn import JwksCache
-from extauthz.catalog import CompiledTenant, compile_documents
 from extauthz.cli import _env
 from extauthz.documents import Document, dump_documents
 from extauthz.errors import ConflictError, DocumentError, StoreError
+from extauthz.loader import compile_all
 from extauthz.store.files import read_directory
-from extauthz.tenancy import TenantConflict, TenantRouter, group_by_tenant
+from extauthz.tenancy import TenantConflict, group_by_tenant
 
 if TYPE_CHECKING:
     from extauthz.store.redis_admin import PolicyAdmin
 
-__all__ = ["compile_all", "register"]
+__all__ = ["register"]
 
 EXIT_INVALID: Final = 1
 EXIT_USAGE: Final = 2
@@ -111,24 +111,6 @@ def _keep(parser: argparse.ArgumentParser) -> None:
         default=str(DEFAULT_KEEP),
         help="earlier versions kept per tenant for rollback",
     )
-
-
-def compile_all(
-    docs: list[Document], jwks: JwksCache
-) -> tuple[dict[str, CompiledTenant], list[DocumentError | TenantConflict]]:
-    """Compile every tenant in ``docs``; the tenants that compiled and every error."""
-    tenants: dict[str, CompiledTenant] = {}
-    errors: list[DocumentError | TenantConflict] = []
-    for name, group in sorted(group_by_tenant(docs).items()):
-        try:
-            tenants[name] = compile_documents(name, group, jwks)
-        except DocumentError as exc:
-            errors.append(exc)
-    try:
-        TenantRouter(t.spec for t in tenants.values())
-    except TenantConflict as exc:
-        errors.append(exc)
-    return tenants, errors
 
 
 def validate(args: argparse.Namespace) -> int:

@@ -10,22 +10,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
-from extauthz.documents import Document
+from extauthz.sources import TenantSource
 from extauthz.tenancy import TenantSpec
 
-__all__ = ["Sink", "Store", "TenantSource"]
-
-
-@dataclass(frozen=True, slots=True)
-class TenantSource:
-    """One tenant's documents (its Tenant document, if any, and its policies) at a version."""
-
-    tenant: str
-    version: str  # opaque: a counter in Redis, a content hash for files
-    documents: tuple[Document, ...]
+__all__ = ["Sink", "Store"]
 
 
 class Sink(Protocol):

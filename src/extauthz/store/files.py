@@ -34,7 +34,8 @@ import structlog
 
 from extauthz.documents import Document, load_documents
 from extauthz.errors import DocumentError
-from extauthz.store.base import Sink, Store, TenantSource
+from extauthz.sources import TenantSource
+from extauthz.store.base import Sink, Store
 from extauthz.tenancy import group_by_tenant
 
 __all__ = ["FileStore", "policy_files", "read_directory", "sources_of"]

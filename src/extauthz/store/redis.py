@@ -32,7 +32,8 @@ from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
 from extauthz.errors import DocumentError, Location
-from extauthz.store.base import Sink, Store, TenantSource
+from extauthz.sources import TenantSource
+from extauthz.store.base import Sink, Store
 from extauthz.store.redis_client import Client, connect, display_target, parse_url
 from extauthz.store.redis_model import RECORD_FIELDS, Record, Rejected, TenantRepo, chunks
 from extauthz.tenancy import check_tenant_name

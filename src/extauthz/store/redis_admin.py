@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from extauthz.authn import JwksCache
-from extauthz.catalog import CompiledTenant, compile_documents
+from extauthz.catalog import CompiledTenant
 from extauthz.documents import KIND_POLICY, Document
 from extauthz.errors import DocumentError, ExtauthzError
+from extauthz.loader import compile_each, route_conflict
 from extauthz.store.redis_model import (
     DEFAULT_KEEP,
     Record,
@@ -22,7 +23,7 @@ from extauthz.store.redis_model import (
     WriteResult,
     decode_documents,
 )
-from extauthz.tenancy import TenantConflict, TenantRouter, group_by_tenant
+from extauthz.tenancy import TenantConflict, group_by_tenant
 
 __all__ = ["InvalidDocuments", "NotFound", "PolicyAdmin", "Revision"]
 
@@ -57,13 +58,7 @@ class PolicyAdmin:
 
     def compile(self, docs: Sequence[Document]) -> dict[str, CompiledTenant]:
         """Compile every tenant in ``docs``. Raises InvalidDocuments with every error."""
-        compiled: dict[str, CompiledTenant] = {}
-        errors: list[DocumentError | TenantConflict] = []
-        for tenant, group in sorted(group_by_tenant(docs).items()):
-            try:
-                compiled[tenant] = compile_documents(tenant, group, self.jwks)
-            except DocumentError as exc:
-                errors.append(exc)
+        compiled, errors = compile_each(group_by_tenant(docs), self.jwks)
         if errors:
             raise InvalidDocuments(errors)
         return compiled
@@ -72,10 +67,9 @@ class PolicyAdmin:
         """Raises InvalidDocuments when a tenant would claim another tenant's requests."""
         specs = await self.repo.routes()
         specs.update({name: tenant.spec for name, tenant in compiled.items()})
-        try:
-            TenantRouter(specs.values())
-        except TenantConflict as exc:
-            raise InvalidDocuments([exc]) from None
+        conflict = route_conflict(specs.values())
+        if conflict is not None:
+            raise InvalidDocuments([conflict])
 
     async def apply(
         self,

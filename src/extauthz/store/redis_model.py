@@ -28,7 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from extauthz.documents import Document, document_from_data
 from extauthz.errors import ConflictError, DocumentError, Location, StoreError
-from extauthz.store.base import TenantSource
+from extauthz.sources import TenantSource
 from extauthz.store.redis_client import Client
 from extauthz.tenancy import TenantMatch, TenantSpec, check_tenant_name, normalize_host_pattern
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from extauthz.app import build
 from extauthz.server import Server
 from extauthz.settings import Settings
 from extauthz.telemetry import Telemetry
-from tests.helpers import Issuer, free_port, policy_yaml, tenant_yaml
+from tests.helpers import Issuer, free_port, policy_yaml, tenant_yaml, until
 
 HOST = "shop.example.com"
 GET = "operation: {methods: [GET]}"
@@ -104,10 +103,7 @@ async def running(
     await server.startup()
     channel = grpc.aio.insecure_channel(config.listen)
     try:
-        for _ in range(200):
-            if server.components.registry.ready:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: server.components.registry.ready, "the first load")
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
         yield Running(server, stub, spans, reader, prometheus)
     finally:

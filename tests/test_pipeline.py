@@ -1,0 +1,134 @@
+"""pipeline: identity -> tenant -> authn -> engine -> Outcome, in memory, without a server."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from extauthz.authn import JwksCache
+from extauthz.decode import decode
+from extauthz.documents import load_documents
+from extauthz.errors import Reason
+from extauthz.identity import TrustedProxies
+from extauthz.loader import compile_all
+from extauthz.options import CheckOptions
+from extauthz.outcome import Outcome
+from extauthz.pathnorm import PathNormalization
+from extauthz.pipeline import HEADER_PRINCIPAL, HEADER_TENANT, CheckPipeline
+from extauthz.registry import Snapshot
+from tests.helpers import Issuer, check_request, policy_yaml, tenant_yaml
+
+PEER = "spiffe://cluster.local/ns/shop/sa/frontend"
+PROXY = "spiffe://cluster.local/ns/istio-system/sa/gateway"
+READS = "  action: ALLOW\n  rules:\n  - to:\n    - operation: {methods: [GET], paths: ['/open/*']}"
+FROM_OFFICE = (
+    "  action: ALLOW\n  rules:\n  - from:\n    - source: {remoteIpBlocks: [203.0.113.0/24]}"
+)
+
+
+def snapshot(*docs: str) -> Snapshot:
+    documents = [d for text in docs for d in load_documents(text, "test.yaml")]
+    tenants, errors = compile_all(documents, JwksCache())
+    assert not errors
+    return Snapshot.build(tenants)
+
+
+SHOP = snapshot(
+    tenant_yaml("shop", match="{hosts: [shop.test]}"), "---\n", policy_yaml("reads", "shop", READS)
+)
+
+
+def decide(snap: Snapshot, options: CheckOptions = CheckOptions(), **request: object) -> Outcome:
+    return CheckPipeline(options)(snap, decode(check_request(**request)))  # type: ignore[arg-type]
+
+
+def test_allow_names_tenant_policy_and_rule() -> None:
+    """A request an ALLOW rule matches is allowed, naming the tenant, policy and rule."""
+    outcome = decide(SHOP, host="shop.test", path="/open/x", principal=PEER)
+    assert (outcome.allowed, outcome.reason, outcome.status) == (True, Reason.ALLOWED, 200)
+    assert (outcome.tenant, outcome.policy, outcome.rule) == ("shop", "shop/reads", 0)
+    assert outcome.principal == PEER
+
+
+def test_allow_sets_our_headers_and_strips_client_copies() -> None:
+    """An allow sets the tenant and principal headers, and removes those it does not set."""
+    outcome = decide(SHOP, host="shop.test", path="/open/x", headers={HEADER_PRINCIPAL: "forged"})
+    assert (HEADER_TENANT, "shop") in outcome.headers_to_add
+    assert HEADER_PRINCIPAL not in dict(outcome.headers_to_add)
+    assert HEADER_PRINCIPAL in outcome.headers_to_remove
+
+
+def test_no_allow_match_denies() -> None:
+    """A request no ALLOW rule matches is a 403 no_allow_match."""
+    outcome = decide(SHOP, host="shop.test", path="/admin")
+    assert (outcome.allowed, outcome.reason, outcome.status) == (False, Reason.NO_ALLOW_MATCH, 403)
+    assert outcome.headers_to_add == ()
+
+
+def test_unknown_tenant_denies() -> None:
+    """A request no tenant claims is denied tenant_unknown."""
+    outcome = decide(SHOP, host="other.test", path="/open/x")
+    assert outcome.reason is Reason.TENANT_UNKNOWN
+
+
+def test_invalid_peer_denies() -> None:
+    """A source principal that is not a SPIFFE ID is denied peer_invalid."""
+    outcome = decide(SHOP, host="shop.test", path="/open/x", principal="not-spiffe")
+    assert outcome.reason is Reason.PEER_INVALID
+
+
+def test_strict_mtls_without_peer_denies() -> None:
+    """A STRICT tenant denies a request without a peer identity."""
+    strict = snapshot(
+        tenant_yaml("shop", match="{hosts: [shop.test]}", mtls="STRICT"),
+        "---\n",
+        policy_yaml("reads", "shop", READS),
+    )
+    assert decide(strict, host="shop.test", path="/open/x").reason is Reason.MTLS_REQUIRED
+    assert decide(strict, host="shop.test", path="/open/x", principal=PEER).allowed
+
+
+def test_bad_token_is_401() -> None:
+    """A token the tenant's jwtRules reject is a 401 with the authn reason."""
+    issuer = Issuer()
+    snap = snapshot(
+        tenant_yaml("shop", match="{hosts: [shop.test]}", issuer=issuer),
+        "---\n",
+        policy_yaml("reads", "shop", READS),
+    )
+    bad = {"authorization": "Bearer " + Issuer().token()}  # another key, same issuer
+    outcome = decide(snap, host="shop.test", path="/open/x", headers=bad)
+    assert (outcome.allowed, outcome.status, outcome.reason) == (False, 401, Reason.JWT_INVALID)
+    good = {"authorization": "Bearer " + issuer.token(sub="alice")}
+    outcome = decide(snap, host="shop.test", path="/open/x", headers=good)
+    assert outcome.allowed
+    assert ("x-user", "alice") in outcome.headers_to_add
+
+
+def test_path_normalization_option() -> None:
+    """The path is normalized as the options say before policies see it."""
+    merge = CheckOptions(path_normalization=PathNormalization.MERGE_SLASHES)
+    assert not decide(SHOP, host="shop.test", path="//open//x").allowed
+    assert decide(SHOP, merge, host="shop.test", path="//open//x").allowed
+
+
+def test_xff_hops_pick_the_remote_ip() -> None:
+    """remoteIpBlocks see the x-forwarded-for entry xff_num_trusted_hops says."""
+    snap = snapshot(
+        tenant_yaml("shop", match="{hosts: [shop.test]}"),
+        "---\n",
+        policy_yaml("office", "shop", FROM_OFFICE),
+    )
+    xff: Mapping[str, str] = {"x-forwarded-for": "203.0.113.9, 10.1.1.1"}
+    assert not decide(snap, host="shop.test", headers=xff).allowed
+    one_hop = CheckOptions(xff_num_trusted_hops=1)
+    assert decide(snap, one_hop, host="shop.test", headers=xff).allowed
+
+
+def test_xfcc_only_from_a_trusted_proxy() -> None:
+    """The client of x-forwarded-client-cert counts only when a trusted proxy sent it."""
+    xfcc = {"x-forwarded-client-cert": f"By=spiffe://cluster.local/ns/shop/sa/api;URI={PEER}"}
+    untrusted = decide(SHOP, host="shop.test", path="/open/x", principal=PROXY, headers=xfcc)
+    assert untrusted.principal == PROXY
+    trusted = CheckOptions(trusted_proxies=TrustedProxies((PROXY,), ()))
+    outcome = decide(SHOP, trusted, host="shop.test", path="/open/x", principal=PROXY, headers=xfcc)
+    assert outcome.principal == PEER
