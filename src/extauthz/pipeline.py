@@ -29,6 +29,7 @@ from extauthz.identity import (
 from extauthz.model import IPAddress, RequestView, Subject
 from extauthz.pathnorm import PathNormalization, normalize_path
 from extauthz.policy import PolicyResult, ShadowResult, evaluate
+from extauthz.ratelimit.limiter import Limiter, new_ctx
 from extauthz.registry import Snapshot
 
 __all__ = [
@@ -67,6 +68,8 @@ class Outcome(NamedTuple):
     shadow: ShadowResult | None = None
     jwt_cache_hit: bool | None = None
     version: str = ""
+    ratelimit: str = ""  # the RateLimit that decided (``<name>/<index>``), "" when none applied
+    client_headers: tuple[tuple[str, str], ...] = ()  # for the client's response (RateLimit)
 
 
 def deny(
@@ -87,7 +90,10 @@ class CheckOptions:
 class CheckPipeline:
     """decode (done by the caller) -> identity -> tenant -> authn -> engine -> Outcome."""
 
-    def __init__(self, options: CheckOptions = CheckOptions()) -> None:
+    def __init__(
+        self, options: CheckOptions = CheckOptions(), *, limiter: Limiter | None = None
+    ) -> None:
+        self.limiter = limiter if limiter is not None else Limiter()
         self._proxies = options.trusted_proxies
         self._hops = options.xff_num_trusted_hops
         self._paths = options.path_normalization
@@ -147,7 +153,32 @@ class CheckPipeline:
             destination_principal=view.destination_principal or None,
         )
         result = evaluate(tenant.policies, subject)
-        return self._outcome(tenant, result, principal, authn), tenant, subject
+        outcome = self._outcome(tenant, result, principal, authn)
+        if tenant.ratelimits is not None and outcome.allowed:
+            outcome = self._limit(outcome, tenant, subject)  # after authz: a deny costs no quota
+        return outcome, tenant, subject
+
+    def _limit(self, outcome: Outcome, tenant: CompiledTenant, subject: Subject) -> Outcome:
+        """The tenant's RateLimits on an allowed request: admitted with the RateLimit headers
+        for the client, or a 429."""
+        limits = tenant.ratelimits
+        assert limits is not None
+        decision = self.limiter.check(tenant.name, limits, new_ctx(limits, subject))
+        if decision is None:
+            return outcome
+        if decision.admitted:
+            return outcome._replace(ratelimit=decision.limit, client_headers=decision.headers)
+        reason = Reason.RATELIMIT_UNAVAILABLE if decision.outage else Reason.RATE_LIMITED
+        return outcome._replace(
+            allowed=False,
+            reason=reason,
+            status=429,
+            detail=f"rate limit {decision.limit}",
+            headers_to_add=(),
+            headers_to_remove=(),
+            ratelimit=decision.limit,
+            client_headers=decision.headers,
+        )
 
     def _outcome(
         self,

@@ -52,6 +52,7 @@ class Settings:
     path_normalization: PathNormalization = PathNormalization.BASE
     jwks_ca_file: str | None = None
     poll_interval: float = 1.0
+    ratelimit_sync_interval: float = 0.1  # seconds between rate limit counter syncs (Redis)
     grace_period: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
@@ -92,6 +93,8 @@ class Settings:
             raise SettingsError("--decision-log must be all, deny or none")
         if not 0.0 <= self.decision_log_sample <= 1.0:
             raise SettingsError("--decision-log-sample must be between 0 and 1")
+        if not 0.01 <= self.ratelimit_sync_interval <= 10:
+            raise SettingsError("--ratelimit-sync-interval must be between 0.01 and 10 seconds")
         if self.workers < 1:
             raise SettingsError("--workers must be >= 1")
         if self.metrics_max_tenants < 0:

@@ -62,6 +62,12 @@ def register(sub: Any) -> None:
     )
     _env.add(p, "--jwks-ca-file", help="CA bundle for jwksUri fetches (default: system)")
     _env.add(p, "--poll-interval", default="1.0", help="seconds between policy file scans")
+    _env.add(
+        p,
+        "--ratelimit-sync-interval",
+        default="0.1",
+        help="seconds between syncs of the rate limit counters with Redis",
+    )
     _env.add(p, "--grace-period", default="10", help="seconds to finish in-flight Checks")
     _env.add(p, "--log-level", default="info", help="debug, info, warning, error")
     _env.add(p, "--log-format", default="json", choices=["json", "console"], help="log format")
@@ -104,6 +110,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             path_normalization=PathNormalization(args.path_normalization),
             jwks_ca_file=args.jwks_ca_file or None,
             poll_interval=float(args.poll_interval),
+            ratelimit_sync_interval=float(args.ratelimit_sync_interval),
             grace_period=float(args.grace_period),
             log_level=args.log_level,
             log_format=args.log_format,
