@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from extauthz.documents import KIND_POLICY, KIND_RATELIMIT, Document, Path
-from extauthz.errors import DocumentError
+from extauthz.errors import DocumentError, Location
 from extauthz.policy.compile import compile_policies
 from extauthz.policy.custom import CustomContext
 from extauthz.policy.matchers import MISSING, Ctx, Matcher
@@ -204,11 +204,7 @@ def _rules(doc: Document, i: int, rules: list[Any], custom: CustomContext) -> Ma
         field = exc.field.replace("spec.rules", here, 1)
         raise DocumentError(exc.message, location=exc.location, field=field) from None
     if compiled.warnings:
-        message = compiled.warnings[0].replace("spec.rules", here, 1)
-        message = message.removesuffix("; the value is ignored").removesuffix(
-            "; the condition is ignored"
-        )
-        raise DocumentError(f"{message} (a RateLimit refuses what a policy would ignore)")
+        raise _refused(compiled.warnings[0], doc, here)
     matchers = tuple(rule.match for rule in compiled.policies[0].rules)
 
     def applies(ctx: Ctx) -> bool:
@@ -218,6 +214,22 @@ def _rules(doc: Document, i: int, rules: list[Any], custom: CustomContext) -> Ma
         return False
 
     return applies
+
+
+_WARNING: Final = re.compile(r"(?s)(.*):(\d+): (spec\.rules\S*): (.*?)(; the \w+ is ignored)?")
+
+
+def _refused(warning: str, doc: Document, here: str) -> DocumentError:
+    """A compiler warning on a limit's rules, as the error that refuses the document."""
+    found = _WARNING.fullmatch(warning)
+    if found is None:
+        return doc.error(f"{warning} (a RateLimit refuses what a policy would ignore)")
+    source, line, field, message = found.group(1, 2, 3, 4)
+    return DocumentError(
+        f"{message} (a RateLimit refuses what a policy would ignore)",
+        location=Location(source, int(line)),
+        field=field.replace("spec.rules", here, 1),
+    )
 
 
 # -- key attributes ---------------------------------------------------------------------------
