@@ -1,0 +1,184 @@
+"""Rate limits shared by ``extauthz serve --redis-url`` replicas through a real Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from google.rpc import code_pb2
+
+from extauthz.cli import main
+from tests.helpers import (
+    Issuer,
+    RedisServer,
+    ServerProcess,
+    check_request,
+    policy_yaml,
+    tenant_yaml,
+    wait_for,
+)
+
+pytestmark = pytest.mark.redis
+
+OK = code_pb2.OK
+LIMITED = code_pb2.RESOURCE_EXHAUSTED
+ALLOW_ALL = policy_yaml("all", "t1", "  action: ALLOW\n  rules: [{}]")
+
+
+def ratelimit_yaml(limits: str, name: str = "quota") -> str:
+    return (
+        f"apiVersion: extauthz.io/v1\nkind: RateLimit\n"
+        f"metadata: {{name: {name}, namespace: t1}}\nspec:\n  limits:\n{limits}"
+    )
+
+
+def apply(url: str, tmp_path: Path, *docs: str) -> None:
+    path = tmp_path / "t1.yaml"
+    path.write_text("---\n".join(docs))
+    assert main(["policy", "apply", "-f", str(path), "--redis-url", url]) == 0
+
+
+def status(url: str, *args: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["ratelimit", "status", "--redis-url", url, "--tenant", "t1", *args]) == 0
+    return out.getvalue()
+
+
+def code(server: ServerProcess, path: str = "/", headers: dict[str, str] | None = None) -> int:
+    reply = server.check(check_request(host="a.test", path=path, headers=headers))
+    return int(reply.status.code)
+
+
+def wait_into_window(seconds: int, need: float) -> None:
+    """Sleep until ``need`` seconds of the current fixed window are surely left."""
+    left = seconds - time.time() % seconds
+    if left < need:
+        time.sleep(left + 0.05)
+
+
+@contextlib.contextmanager
+def replicas(url: str, n: int, *extra: str) -> Iterator[list[ServerProcess]]:
+    servers = [ServerProcess(["--redis-url", url, "--log-level", "info", *extra]) for _ in range(n)]
+    try:
+        for server in servers:
+            server.wait_serving()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_three_replicas_share_a_per_principal_limit(redis: RedisServer, tmp_path: Path) -> None:
+    """100/minute per request principal across three replicas admits 100 to the stated bound."""
+    issuer = Issuer()
+    limit = ratelimit_yaml(
+        "  - key: [request.auth.principal]\n    requests: 100\n    per: minute\n"
+    )
+    apply(redis.url, tmp_path, tenant_yaml("t1", issuer=issuer), ALLOW_ALL, limit)
+    alice = {"authorization": f"Bearer {issuer.token(sub='alice')}"}
+    bob = {"authorization": f"Bearer {issuer.token(sub='bob')}"}
+    with replicas(redis.url, 3) as servers:
+        wait_for(lambda: " replicas 3" in status(redis.url), what="three live replicas")
+        wait_into_window(60, 20)
+        answers: list[int] = []
+
+        def drive(server: ServerProcess, count: int) -> None:
+            got = [code(server, headers=alice) for _ in range(count)]
+            answers.extend(got)  # list.extend is atomic under the GIL
+
+        for count in (80, 30):  # a second round after a sync frees any unused shares
+            threads = [threading.Thread(target=drive, args=(s, count)) for s in servers]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            time.sleep(0.5)
+        admitted = answers.count(OK)
+        bound = 100 + (3 - 1) * math.ceil(100 / 3)  # requests + (N - 1) * ceil(requests / N)
+        assert set(answers) <= {OK, LIMITED}
+        assert 100 <= admitted <= bound, admitted
+        print(f"admitted {admitted} of {len(answers)} (bound {bound})")
+        assert code(servers[0], headers=bob) == OK  # another principal has its own counter
+        shown = status(redis.url, "--key", f"{issuer.iss}/alice")
+        counted = int(shown.splitlines()[-1].split()[1].split("/")[0])
+        assert counted == admitted, shown
+
+
+def test_per_second_window_rolls_over(redis: RedisServer, tmp_path: Path) -> None:
+    """A per-second limit refuses past its count, then admits again in the next second."""
+    apply(
+        redis.url,
+        tmp_path,
+        tenant_yaml("t1"),
+        ALLOW_ALL,
+        ratelimit_yaml("  - {requests: 3, per: second}\n"),
+    )
+    with replicas(redis.url, 1) as (server,):
+        time.sleep(1 - time.time() % 1 + 0.02)  # just after a boundary: a whole second ahead
+        first = [code(server) for _ in range(5)]
+        time.sleep(1 - time.time() % 1 + 0.02)
+        second = [code(server) for _ in range(4)]
+    assert first == [OK, OK, OK, LIMITED, LIMITED]
+    assert second == [OK, OK, OK, LIMITED]
+
+
+def test_redis_outage_follows_each_limits_mode(tmp_path: Path) -> None:
+    """Redis stopped mid-window: a `local` limit keeps counting locally, a `deny` limit denies."""
+    redis = RedisServer("--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path))
+    limits = (
+        '  - requests: 4\n    per: hour\n    rules: [{to: [{operation: {paths: ["/local"]}}]}]\n'
+        "  - requests: 4\n    per: hour\n    onStoreOutage: deny\n"
+        '    rules: [{to: [{operation: {paths: ["/deny"]}}]}]\n'
+    )
+    try:
+        apply(redis.url, tmp_path, tenant_yaml("t1"), ALLOW_ALL, ratelimit_yaml(limits))
+        with replicas(redis.url, 1) as (server,):
+            wait_into_window(3600, 60)
+            assert [code(server, "/local"), code(server, "/local")] == [OK, OK]
+            assert code(server, "/deny") == OK
+            wait_for(lambda: " 2/4" in status(redis.url), what="the counts synced to Redis")
+            redis.stop()
+            wait_for(lambda: "rate limit store unreachable" in server.logs(), what="outage log")
+            # the share left to this one replica: 4 - 2 synced = 2 more, then 429
+            assert [code(server, "/local") for _ in range(3)] == [OK, OK, LIMITED]
+            reply = server.check(check_request(host="a.test", path="/deny"))
+            assert (reply.status.code, reply.status.message) == (LIMITED, "ratelimit_unavailable")
+            redis.start()
+            wait_for(lambda: code(server, "/deny") == OK, what="the deny limit to admit again")
+            assert "rate limit store reachable again" in server.logs()
+    finally:
+        redis.stop()
+
+
+def test_policy_update_changes_the_limit_on_every_replica(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """A RateLimit applied to Redis changes the limit of every replica, without a restart."""
+    apply(
+        redis.url,
+        tmp_path,
+        tenant_yaml("t1"),
+        ALLOW_ALL,
+        ratelimit_yaml("  - {requests: 100, per: hour}\n"),
+    )
+    with replicas(redis.url, 2) as servers:
+        assert [code(s) for s in servers for _ in range(2)] == [OK] * 4
+        apply(
+            redis.url,
+            tmp_path,
+            tenant_yaml("t1"),
+            ALLOW_ALL,
+            ratelimit_yaml("  - {requests: 3, per: hour}\n"),
+        )
+        for server in servers:
+            wait_for(lambda s=server: code(s) == LIMITED, what="the lower limit on a replica")
+        apply(redis.url, tmp_path, tenant_yaml("t1"), ALLOW_ALL)
+        for server in servers:
+            wait_for(lambda s=server: code(s) == OK, what="the limit removed on a replica")
