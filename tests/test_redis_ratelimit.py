@@ -16,10 +16,12 @@ from google.rpc import code_pb2
 from extauthz.cli import main
 from tests.helpers import (
     Issuer,
+    RedisClusterServers,
     RedisServer,
     ServerProcess,
     check_request,
     policy_yaml,
+    redis_cli,
     tenant_yaml,
     wait_for,
 )
@@ -182,3 +184,36 @@ def test_policy_update_changes_the_limit_on_every_replica(
         apply(redis.url, tmp_path, tenant_yaml("t1"), ALLOW_ALL)
         for server in servers:
             wait_for(lambda s=server: code(s) == OK, what="the limit removed on a replica")
+
+
+def test_counts_are_shared_on_a_redis_cluster(tmp_path: Path) -> None:
+    """On a Redis Cluster two replicas count into one tenant-slot hash and both enforce it."""
+    cluster = RedisClusterServers(tmp_path / "cluster")
+    try:
+        url = cluster.url
+        apply(
+            url,
+            tmp_path,
+            tenant_yaml("t1"),
+            ALLOW_ALL,
+            ratelimit_yaml("  - {requests: 4, per: hour}\n"),
+        )
+        with replicas(url, 2) as (one, two):
+            wait_into_window(3600, 60)
+            assert [code(one), code(one)] == [OK, OK]
+            wait_for(lambda: " 2/4" in status(url), what="replica one's counts in Redis")
+            assert [code(two), code(two)] == [OK, OK]
+            wait_for(lambda: " 4/4" in status(url), what="both replicas' counts in Redis")
+            assert code(two) == LIMITED
+            wait_for(lambda: code(one) == LIMITED, what="replica one to see the shared total")
+        window = int(time.time() // 3600 * 3600)
+        slots = {
+            redis_cli(cluster.nodes[0].port, "cluster", "keyslot", key)
+            for key in (
+                "extauthz:{t1}:current",
+                f"extauthz:{{t1}}:ratelimit:quota/0:3600:{window}",
+            )
+        }
+        assert len(slots) == 1
+    finally:
+        cluster.stop()
