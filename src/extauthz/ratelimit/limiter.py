@@ -177,7 +177,7 @@ class Limiter:
 
 
 def _policy(limit: CompiledLimit) -> str:
-    return f'"{limit.id}";q={limit.requests};w={limit.seconds}'
+    return limit.policy_header
 
 
 def _reset(limit: CompiledLimit, window: int, now: float) -> int:
@@ -191,7 +191,10 @@ def _under(hits: list[tuple[CompiledLimit, Counter, int]], now: float) -> LimitD
         limit, c, _ = hit
         return max(0, limit.requests - c.known - c.sent - c.pending)
 
-    limit, counter, window = min(hits, key=lambda h: (remaining(h), -_reset(h[0], h[2], now)))
+    if len(hits) == 1:
+        limit, counter, window = hits[0]
+    else:
+        limit, counter, window = min(hits, key=lambda h: (remaining(h), -_reset(h[0], h[2], now)))
     left = remaining((limit, counter, window))
     headers = (
         ("ratelimit-policy", _policy(limit)),

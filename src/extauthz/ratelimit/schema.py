@@ -33,6 +33,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 
 from extauthz.documents import KIND_POLICY, KIND_RATELIMIT, Document, Path
@@ -79,10 +80,14 @@ class CompiledLimit:
     applies: Matcher | None  # None: every request of the tenant
     deny_on_outage: bool
     max_keys: int = MAX_KEYS
+    policy_header: str = ""  # the IETF RateLimit-Policy item of this limit
 
     def key_of(self, ctx: Ctx, tenant: str) -> str:
         """The counter's field name: a hash of the key's values (fixed size, whatever sent)."""
-        return key_hash(tuple(part(ctx, tenant) for part in self.parts))
+        parts = self.parts
+        if len(parts) == 1:
+            return _digest(parts[0](ctx, tenant))
+        return _digest("\x1f".join([part(ctx, tenant) for part in parts]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +103,13 @@ class RateLimits:
 
 def key_hash(values: Sequence[str]) -> str:
     """The hex digest naming the counter of these key values (``ratelimit status --key``)."""
-    data = "\x1f".join(values).encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(data, digest_size=12).hexdigest()
+    return _digest("\x1f".join(values))
+
+
+@lru_cache(maxsize=4096)
+def _digest(joined: str) -> str:
+    """Memoized: a few principals send most requests; varied keys only cost misses."""
+    return hashlib.blake2b(joined.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
 def parse_ratelimits(
@@ -179,6 +189,7 @@ def _limit(doc: Document, i: int, raw: Any, custom: CustomContext) -> CompiledLi
         applies=_rules(doc, i, rules, custom) if rules else None,
         deny_on_outage=outage == "deny",
         max_keys=max_keys,
+        policy_header=f'"{doc.name}/{i}";q={requests};w={UNITS[str(per)]}',
     )
 
 
@@ -255,7 +266,10 @@ def _source_namespace(ctx: Ctx, tenant: str) -> str:
 
 
 def _request_principal(ctx: Ctx, tenant: str) -> str:
-    iss, sub = ctx.claim(("iss",)), ctx.claim(("sub",))
+    claims = ctx.subject.claims  # iss and sub are never space-delimited: the raw claims do
+    if claims is None:
+        return _ABSENT
+    iss, sub = claims.get("iss"), claims.get("sub")
     if isinstance(iss, str) and isinstance(sub, str):
         return f"{iss}/{sub}"
     return _ABSENT
