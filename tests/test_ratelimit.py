@@ -255,3 +255,18 @@ def test_policy_validate_accepts_a_ratelimit(tmp_path: Path) -> None:
     assert main(["policy", "validate", str(path)]) == 0
     path.write_text(TENANT + limit_doc("  - {requests: 1, per: fortnight}\n"))
     assert main(["policy", "validate", str(path)]) != 0
+
+
+def test_counters_of_ended_windows_are_forgotten() -> None:
+    """The counter table only holds current windows, even with no Redis sync running."""
+    clock = Clock(7200.0)
+    limits = '  - key: ["request.headers[x-user]"]\n    requests: 5\n    per: second\n'
+    snap = compiled(TENANT + limit_doc(limits))
+    p = pipeline(clock)
+    for i in range(50):
+        p(snap, request(headers={"x-user": f"u{i}"}))
+    assert len(p.limiter.counters) == 50
+    clock.now = 7202.0
+    p(snap, request(headers={"x-user": "late"}))
+    assert len(p.limiter.counters) == 1
+    assert len(p.limiter.sizes) == 1

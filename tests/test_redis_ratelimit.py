@@ -14,6 +14,7 @@ import pytest
 from google.rpc import code_pb2
 
 from extauthz.cli import main
+from extauthz.model import RequestView
 from tests.helpers import (
     Issuer,
     RedisClusterServers,
@@ -217,3 +218,56 @@ def test_counts_are_shared_on_a_redis_cluster(tmp_path: Path) -> None:
         assert len(slots) == 1
     finally:
         cluster.stop()
+
+
+async def test_sync_bound_with_two_replicas(redis: RedisServer) -> None:
+    """Two replicas syncing through Redis, the worst order: at most L + (N-1)*ceil(L/N) pass."""
+    from extauthz.authn import JwksCache
+    from extauthz.catalog import compile_documents
+    from extauthz.documents import load_documents
+    from extauthz.pipeline import CheckPipeline
+    from extauthz.ratelimit import Limiter
+    from extauthz.ratelimit.sync import RedisSync
+    from extauthz.registry import Snapshot
+    from extauthz.store.redis_client import connect, parse_url
+
+    text = tenant_yaml("t1") + "---\n" + ALLOW_ALL + "---\n"
+    text += ratelimit_yaml("  - {requests: 10, per: hour}\n")
+    tenant = compile_documents("t1", load_documents(text, "t1.yaml"), JwksCache())
+    snapshot = Snapshot.build({"t1": tenant})
+    now = [3600.0 * int(time.time() // 3600) + 1]  # instants inside this hour
+
+    def clock() -> float:
+        return now[0]
+
+    target = parse_url(redis.url)
+    syncs, pipelines = [], []
+    for _ in range(2):
+        limiter = Limiter(clock=clock)
+        syncs.append(RedisSync(limiter, connect(target), target.prefix, clock=clock))
+        pipelines.append(CheckPipeline(limiter=limiter))
+    try:
+        for sync in syncs:
+            await sync.sync_once()
+        now[0] += 1.5  # the replica set is refreshed once a second
+        await syncs[0].sync_once()  # both see two live replicas
+        assert [s.limiter.replicas for s in syncs] == [2, 2]
+        one, two = pipelines
+
+        def admitted(p: CheckPipeline, n: int) -> int:
+            view = RequestView(method="GET", host="a.test", path="/")
+            return sum(p(snapshot, view).allowed for _ in range(n))
+
+        assert admitted(one, 10) == 5  # its share: ceil(10 / 2)
+        await syncs[0].sync_once()  # Redis: 5; share ceil(5 / 2) = 3
+        assert admitted(two, 10) == 5  # it has not synced this counter yet: share 5
+        await syncs[1].sync_once()  # Redis: 10
+        assert admitted(one, 10) == 3  # from its stale view (5 known): over by 3
+        await syncs[0].sync_once()  # Redis: 13
+        assert admitted(one, 10) + admitted(two, 10) == 0
+        key = f"extauthz:{{t1}}:ratelimit:quota/0:3600:{int(now[0] // 3600 * 3600)}"
+        assert list((await syncs[0].client.hgetall(key)).values()) == [b"13"]
+        assert 10 + (2 - 1) * math.ceil(10 / 2) >= 13  # the stated bound
+    finally:
+        for sync in syncs:
+            await sync.close()

@@ -105,6 +105,7 @@ class Limiter:
         self.last_ok = 0.0
         self.stale_after = stale_after  # no good sync for this long: Redis is unreachable
         self._clock = clock
+        self._next_prune = 0.0
 
     def outage(self, now: float) -> bool:
         if not self.shared:
@@ -115,6 +116,9 @@ class Limiter:
         """Admit (and count) or refuse one request that the policies allowed. None: no limit
         applies. A request is counted only when every limit that applies admits it."""
         now = self._clock()
+        if now >= self._next_prune:  # also without a sync task (file store): bounded memory
+            self._next_prune = now + 1.0
+            self.prune(now)
         outage = self.outage(now)
         hits: list[tuple[CompiledLimit, Counter, int]] = []
         for limit in limits.limits:
