@@ -59,6 +59,15 @@ def code(server: ServerProcess, path: str = "/", headers: dict[str, str] | None 
     return int(reply.status.code)
 
 
+def retry_after(server: ServerProcess) -> int:
+    """The retry-after of a refused request, 0 when it was admitted."""
+    reply = server.check(check_request(host="a.test", path="/"))
+    if reply.status.code == OK:
+        return 0
+    headers = {h.header.key: h.header.value for h in reply.denied_response.headers}
+    return int(headers["retry-after"])
+
+
 def wait_into_window(seconds: int, need: float) -> None:
     """Sleep until ``need`` seconds of the current fixed window are surely left."""
     left = seconds - time.time() % seconds
@@ -271,3 +280,29 @@ async def test_sync_bound_with_two_replicas(redis: RedisServer) -> None:
     finally:
         for sync in syncs:
             await sync.close()
+
+
+def test_counts_are_shared_through_sentinel(tmp_path: Path) -> None:
+    """Through a Sentinel URL the replicas' counts reach the master and a limit is enforced."""
+    from tests.test_redis_sentinel import SentinelServer, sentinel_url
+
+    master = RedisServer()
+    sentinel = SentinelServer(tmp_path, master.port)
+    try:
+        wait_for(lambda: sentinel.master_port() == master.port, what="sentinel to know its master")
+        url = sentinel_url(sentinel)
+        limit = ratelimit_yaml("  - {requests: 2, per: hour}\n")
+        apply(url, tmp_path, tenant_yaml("t1"), ALLOW_ALL, limit)
+        with replicas(url, 2) as (one, two):
+            wait_into_window(3600, 60)
+            assert code(one) == OK
+            wait_for(lambda: " 1/2" in status(url), what="replica one's count in Redis")
+            assert code(two) == OK
+            wait_for(lambda: " 2/2" in status(url), what="both counts in Redis")
+            time.sleep(0.5)  # a few sync intervals: replica two reads the total back
+            # refused for the shared count (retry at the window's end) after admitting one
+            # itself: not for its own count, nor for a spent share (retry-after 1)
+            assert retry_after(two) > 60
+    finally:
+        sentinel.stop()
+        master.stop()
