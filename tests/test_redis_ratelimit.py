@@ -21,16 +21,19 @@ from tests.helpers import (
     RedisServer,
     ServerProcess,
     check_request,
+    free_port,
     policy_yaml,
     redis_cli,
     tenant_yaml,
     wait_for,
 )
+from tests.test_telemetry_prometheus import scrape
 
 pytestmark = pytest.mark.redis
 
 OK = code_pb2.OK
 LIMITED = code_pb2.RESOURCE_EXHAUSTED
+EVENTS = "extauthz_ratelimit_events_total"
 ALLOW_ALL = policy_yaml("all", "t1", "  action: ALLOW\n  rules: [{}]")
 
 
@@ -151,7 +154,8 @@ def test_redis_outage_follows_each_limits_mode(tmp_path: Path) -> None:
     )
     try:
         apply(redis.url, tmp_path, tenant_yaml("t1"), ALLOW_ALL, ratelimit_yaml(limits))
-        with replicas(redis.url, 1) as (server,):
+        port = free_port()
+        with replicas(redis.url, 1, "--metrics-listen", f"127.0.0.1:{port}") as (server,):
             wait_into_window(3600, 60)
             assert [code(server, "/local"), code(server, "/local")] == [OK, OK]
             assert code(server, "/deny") == OK
@@ -162,6 +166,10 @@ def test_redis_outage_follows_each_limits_mode(tmp_path: Path) -> None:
             assert [code(server, "/local") for _ in range(3)] == [OK, OK, LIMITED]
             reply = server.check(check_request(host="a.test", path="/deny"))
             assert (reply.status.code, reply.status.message) == (LIMITED, "ratelimit_unavailable")
+            events = {labels["event"]: v for labels, v in scrape(port)[EVENTS]}
+            assert events["outage_deny"] == 1
+            assert events["outage_local"] == 3
+            assert events["sync_error"] >= 1
             redis.start()
             wait_for(lambda: code(server, "/deny") == OK, what="the deny limit to admit again")
             assert "rate limit store reachable again" in server.logs()
