@@ -270,3 +270,12 @@ def test_counters_of_ended_windows_are_forgotten() -> None:
     p(snap, request(headers={"x-user": "late"}))
     assert len(p.limiter.counters) == 1
     assert len(p.limiter.sizes) == 1
+
+
+def test_raised_limit_admits_again_at_once() -> None:
+    """A limit raised by a policy update admits again in the same window, without a sync."""
+    p = pipeline()
+    narrow = compiled(TENANT + limit_doc("  - {requests: 2, per: hour}\n"))
+    assert [o.status for o in run(p, narrow, 3)] == [200, 200, 429]
+    wide = compiled(TENANT + limit_doc("  - {requests: 4, per: hour}\n"))
+    assert [o.status for o in run(p, wide, 3)] == [200, 200, 429]

@@ -7,12 +7,12 @@ limit, window, key hash) holds
 - ``known``: the window's total across replicas, as Redis returned it at the last sync
   (this replica's flushed admissions included);
 - ``sent``: admissions in the sync that is in flight; ``pending``: admissions since;
-- ``share``: how many admissions this replica may make before its next sync,
-  ``ceil((requests - known) / N)``, N being the number of live replicas the sync saw.
+- ``replicas``: N, the number of live replicas the last sync saw.
 
-A Check is admitted by a limit when ``known + sent + pending < requests`` and
-``sent + pending < share``. Nothing here awaits or does I/O; the sync task (``sync.py``)
-runs on the same event loop, so the two never interleave inside a Check.
+A Check is admitted by a limit when ``sent + pending < ceil((requests - known) / N)``: this
+replica's share of what is left (which implies ``known + sent + pending < requests``).
+Nothing here awaits or does I/O; the sync task (``sync.py``) runs on the same event loop,
+so the two never interleave inside a Check.
 
 Bound (see docs): in one window, at most ``requests + (N - 1) * ceil(requests / N)``
 requests are admitted across N replicas that all know N, whatever the load and the sync
@@ -50,24 +50,19 @@ CounterKey = tuple[str, str, int, int, str]  # tenant, limit id, seconds, window
 class Counter:
     """One (limit, window, key) on this replica."""
 
-    __slots__ = ("known", "pending", "requests", "sent", "share", "touched")
+    __slots__ = ("known", "pending", "replicas", "sent", "touched")
 
-    def __init__(self, requests: int, replicas: int) -> None:
+    def __init__(self, replicas: int) -> None:
         self.known = 0
         self.sent = 0
         self.pending = 0
-        self.requests = requests
-        self.share = _share(requests, 0, replicas)
+        self.replicas = replicas  # N at the last sync
         self.touched = True  # read back at the next sync
 
     def admits(self, requests: int) -> bool:
-        local = self.sent + self.pending
-        return self.known + local < requests and local < self.share
-
-
-def _share(requests: int, known: int, replicas: int) -> int:
-    remaining = requests - known
-    return max(0, math.ceil(remaining / max(1, replicas)))
+        """Under this replica's share, ``ceil((requests - known) / N)``, of what is left.
+        Computed from the limit as it is now: a policy update applies at once."""
+        return self.sent + self.pending < -(-(requests - self.known) // self.replicas)
 
 
 class LimitDecision(NamedTuple):
@@ -136,6 +131,8 @@ class Limiter:
             self.stats.outage_local += 1
         refused = [(lim, c, w) for lim, c, w in hits if not c.admits(lim.requests)]
         if refused:
+            for _, counter, _ in refused:
+                counter.touched = True  # read back at the next sync: its share may grow
             self.stats.limited += 1
             return _over(refused, now)
         for _, counter, _ in hits:
@@ -148,7 +145,6 @@ class Limiter:
         ck = (tenant, limit.id, limit.seconds, window, key)
         counter = self.counters.get(ck)
         if counter is not None:
-            counter.requests = limit.requests  # a policy update applies at once
             return counter
         size_key = (tenant, limit.id, window)
         size = self.sizes.get(size_key, 0)
@@ -157,7 +153,6 @@ class Limiter:
             ck = (tenant, limit.id, limit.seconds, window, OVERFLOW)
             counter = self.counters.get(ck)
             if counter is not None:
-                counter.requests = limit.requests
                 return counter
             log.warning(
                 "rate limit key table full; further keys share the overflow counter",
@@ -167,7 +162,7 @@ class Limiter:
             )
         else:
             self.sizes[size_key] = size + 1
-        counter = self.counters[ck] = Counter(limit.requests, self.replicas)
+        counter = self.counters[ck] = Counter(self.replicas)
         return counter
 
     def prune(self, now: float) -> None:

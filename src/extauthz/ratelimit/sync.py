@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import structlog
 
-from extauthz.ratelimit.limiter import Counter, Limiter, _share
+from extauthz.ratelimit.limiter import Counter, Limiter
 
 __all__ = ["RedisSync", "hash_key", "replicas_key"]
 
@@ -146,7 +146,7 @@ class RedisSync:
                 counter.pending += delta
                 continue
             counter.known = int(total or 0)
-            counter.share = _share(counter.requests, counter.known, limiter.replicas)
+            counter.replicas = limiter.replicas
         if error is not None:
             self._expiring.clear()
             self._failed(error)
