@@ -6,12 +6,12 @@ Starts a throwaway redis-server and three gRPC servers on loopback: the bare bas
 ``extauthz serve --redis-url`` on the bench tenant (``plain``) and the same with one
 RateLimit keyed on ``request.auth.principal`` (``limited``, a count it never reaches, so
 every Check is counted and admitted). Both extauthz servers use Redis, so the comparison
-isolates the limit. Rounds of h2load alternate the order; the table gives median req/s and
-the ratios (target: limited/plain >= 0.9), and the server's own CPU time per Check (from
-/proc, all threads), whose ratio plain/limited is the throughput ratio a CPU-bound server
-would reach, and holds up better than req/s on a busy machine. Redis commands per Check come from INFO
-commandstats around each ``limited`` run (everything Redis executed in that time, the other
-server's replica heartbeat included; target < 0.05). In-process: the median time of
+isolates the limit. Rounds of h2load alternate the order; the table gives median req/s, the
+ratios (target: limited/plain >= 0.9) and the server's own CPU time per Check (from /proc,
+all threads): its ratio plain/limited is the throughput ratio a CPU-bound server reaches,
+and holds up better than req/s on a busy machine. Redis commands per Check come from INFO
+commandstats around each ``limited`` run: everything Redis executed in that time, the other
+server's replica heartbeat included (target < 0.05). In-process: the median time of
 ``CheckPipeline`` on the bench request with and without the limit.
 """
 
