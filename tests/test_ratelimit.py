@@ -279,3 +279,15 @@ def test_raised_limit_admits_again_at_once() -> None:
     assert [o.status for o in run(p, narrow, 3)] == [200, 200, 429]
     wide = compiled(TENANT + limit_doc("  - {requests: 4, per: hour}\n"))
     assert [o.status for o in run(p, wide, 3)] == [200, 200, 429]
+
+
+def test_a_quiet_second_is_not_an_outage() -> None:
+    """Only a failed sync, or none for stale_after seconds, counts as Redis unreachable."""
+    clock = Clock(7200.0)
+    limiter = Limiter(clock=clock, stale_after=3.0)
+    limiter.shared = True
+    limiter.last_ok = 7198.5  # the last heartbeat, 1.5 s ago
+    assert not limiter.outage(clock())
+    assert limiter.outage(7201.6)
+    limiter.failing = True
+    assert limiter.outage(clock())

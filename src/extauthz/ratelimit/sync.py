@@ -65,7 +65,8 @@ class RedisSync:
         self._registered = 0.0
         self._expiring: set[str] = set()  # hashes this replica has already set to expire
         limiter.shared = True
-        limiter.stale_after = max(1.0, 10 * interval)
+        # a heartbeat (the replica set) succeeds every second at least while Redis answers
+        limiter.stale_after = max(3.0, 10 * interval)
         limiter.last_ok = clock()
 
     async def run(self) -> None:
