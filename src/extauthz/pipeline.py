@@ -30,6 +30,7 @@ from extauthz.model import IPAddress, RequestView, Subject
 from extauthz.pathnorm import PathNormalization, normalize_path
 from extauthz.policy import PolicyResult, ShadowResult, evaluate
 from extauthz.ratelimit.limiter import Limiter, new_ctx
+from extauthz.ratelimit.schema import RateLimits
 from extauthz.registry import Snapshot
 
 __all__ = [
@@ -154,16 +155,17 @@ class CheckPipeline:
         )
         result = evaluate(tenant.policies, subject)
         outcome = self._outcome(tenant, result, principal, authn)
-        if tenant.ratelimits is not None and outcome.allowed:
-            outcome = self._limit(outcome, tenant, subject)  # after authz: a deny costs no quota
+        limits = tenant.ratelimits
+        if limits is not None and outcome.allowed:  # after authz: a deny costs no quota
+            outcome = self._limit(outcome, tenant.name, limits, subject)
         return outcome, tenant, subject
 
-    def _limit(self, outcome: Outcome, tenant: CompiledTenant, subject: Subject) -> Outcome:
+    def _limit(
+        self, outcome: Outcome, tenant: str, limits: RateLimits, subject: Subject
+    ) -> Outcome:
         """The tenant's RateLimits on an allowed request: admitted with the RateLimit headers
         for the client, or a 429."""
-        limits = tenant.ratelimits
-        assert limits is not None
-        decision = self.limiter.check(tenant.name, limits, new_ctx(limits, subject))
+        decision = self.limiter.check(tenant, limits, new_ctx(limits, subject))
         if decision is None:
             return outcome
         if decision.admitted:
