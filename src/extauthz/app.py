@@ -13,6 +13,7 @@ from extauthz.decisionlog import DecisionLog
 from extauthz.model import RequestView
 from extauthz.outcome import Outcome
 from extauthz.pipeline import CheckPipeline
+from extauthz.ratelimit import Limiter
 from extauthz.registry import Registry
 from extauthz.servicer import AuthorizationServicer, Observer
 from extauthz.settings import Settings
@@ -31,6 +32,7 @@ class Components:
     store: Store
     servicer: AuthorizationServicer
     telemetry: Telemetry = field(default_factory=Telemetry)
+    limiter: Limiter = field(default_factory=Limiter)
 
 
 def make_store(settings: Settings) -> Store:
@@ -61,16 +63,20 @@ def build(
     the ``OTEL_*`` variables; an ``observer`` replaces telemetry and decision log as observer."""
     jwks = JwksCache(ca_file=settings.jwks_ca_file, allow_private=settings.jwks_allow_private)
     registry = Registry(jwks)
-    pipeline = CheckPipeline(settings.check_options())
+    limiter = Limiter()
+    pipeline = CheckPipeline(settings.check_options(), limiter=limiter)
     if telemetry is None:
         from extauthz.telemetry_env import telemetry_from_settings
 
         telemetry = telemetry_from_settings(settings)
     telemetry.bind(registry, jwks)
+    telemetry.bind_ratelimits(limiter.stats)
     if observer is None:
         decisions = DecisionLog(
             settings.decision_log, sample=settings.decision_log_sample, mask=settings.mask_headers
         )
         observer = make_observer(telemetry, decisions)
     servicer = AuthorizationServicer(registry, pipeline, observer)
-    return Components(settings, jwks, registry, make_store(settings), servicer, telemetry)
+    return Components(
+        settings, jwks, registry, make_store(settings), servicer, telemetry, limiter
+    )

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 from extauthz.authn import Authenticator, JwksCache
 from extauthz.datasets import parse_datasets
-from extauthz.documents import KIND_DATASET, KIND_TENANT, Document
+from extauthz.documents import KIND_DATASET, KIND_RATELIMIT, KIND_TENANT, Document
 from extauthz.errors import DocumentError, Location
 from extauthz.policy import CompiledPolicies, compile_policies
 from extauthz.policy.custom import CustomContext
+from extauthz.ratelimit.schema import RateLimits, parse_ratelimits
 from extauthz.sources import TenantSource
 from extauthz.tenancy import (
     TenantSpec,
@@ -46,6 +47,7 @@ class CompiledTenant:
     loaded_at: float = 0.0
     custom: CustomContext | None = None  # time zone, data sets, CEL error counter
     unavailable: str = ""
+    ratelimits: RateLimits | None = None  # None: no RateLimit documents
 
     @property
     def name(self) -> str:
@@ -76,12 +78,15 @@ def compile_documents(
     authenticator = Authenticator(spec.jwt_rules, jwks)
     custom = CustomContext(tenant, spec.time_zone, parse_datasets(docs))
     policies = compile_policies(
-        [d for d in docs if d.kind not in (KIND_TENANT, KIND_DATASET)],
+        [d for d in docs if d.kind not in (KIND_TENANT, KIND_DATASET, KIND_RATELIMIT)],
         trust_domains=spec.trust_domains,
         space_delimited_claims=tuple(authenticator.space_delimited_claims),
         custom=custom,
     )
-    return CompiledTenant(spec, version, policies, authenticator, now, custom)
+    limits = parse_ratelimits(docs, custom, policies.space_delimited)
+    return CompiledTenant(
+        spec, version, policies, authenticator, now, custom, ratelimits=limits
+    )
 
 
 def unavailable_tenant(

@@ -19,6 +19,7 @@ from extauthz.errors import DocumentError, Location
 __all__ = [
     "KIND_DATASET",
     "KIND_POLICY",
+    "KIND_RATELIMIT",
     "KIND_TENANT",
     "Document",
     "Path",
@@ -31,9 +32,11 @@ __all__ = [
 KIND_TENANT: Final = "Tenant"
 KIND_POLICY: Final = "AuthorizationPolicy"
 KIND_DATASET: Final = "DataSet"  # a named set of strings, for CEL conditions (datasets.py)
+KIND_RATELIMIT: Final = "RateLimit"  # request quotas (ratelimit/schema.py)
 API_VERSIONS: Final[Mapping[str, frozenset[str]]] = {
     KIND_TENANT: frozenset({"extauthz.io/v1"}),
     KIND_DATASET: frozenset({"extauthz.io/v1"}),
+    KIND_RATELIMIT: frozenset({"extauthz.io/v1"}),
     KIND_POLICY: frozenset({"security.istio.io/v1", "security.istio.io/v1beta1"}),
 }
 MAX_TEXT_BYTES: Final = 4 * 1024 * 1024
@@ -229,7 +232,7 @@ def _envelope(body: Any, source: str, lines: Mapping[Path, int]) -> Document:
     namespace = meta.get("namespace", "")
     if not isinstance(namespace, str):
         raise fail("metadata.namespace must be a string", ("metadata", "namespace"))
-    if kind in (KIND_POLICY, KIND_DATASET) and not namespace:
+    if kind in (KIND_POLICY, KIND_DATASET, KIND_RATELIMIT) and not namespace:
         raise fail(
             f"{'an' if kind == KIND_POLICY else 'a'} {kind} needs metadata.namespace: "
             "it names the tenant",

@@ -27,6 +27,8 @@ class Reason(StrEnum):
     MALFORMED_REQUEST = "malformed_request"
     NOT_READY = "not_ready"  # no policies loaded yet
     DEADLINE = "deadline"
+    RATE_LIMITED = "rate_limited"  # over a RateLimit (429)
+    RATELIMIT_UNAVAILABLE = "ratelimit_unavailable"  # Redis unreachable, onStoreOutage: deny
     INTERNAL = "internal"
 
 

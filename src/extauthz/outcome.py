@@ -46,6 +46,8 @@ class Outcome(NamedTuple):
     shadow: ShadowResult | None = None
     jwt_cache_hit: bool | None = None
     version: str = ""
+    ratelimit: str = ""  # the RateLimit that decided (``<name>/<index>``), "" when none applied
+    client_headers: tuple[tuple[str, str], ...] = ()  # for the client's response (RateLimit)
 
 
 def deny(
@@ -75,6 +77,7 @@ RECORD_FIELDS: Final[dict[str, type]] = {
     "shadow_reason": str,
     "shadow_policy": str,
     "shadow_rule": int,
+    "ratelimit": str,  # the RateLimit (name/index) whose quota applied
 }
 # What goes into Envoy's dynamic metadata (for access logs): the decision and who decided.
 # Empty principals are left out there.
@@ -91,6 +94,7 @@ METADATA_FIELDS: Final = (
     "shadow_decision",
     "shadow_policy",
     "policy_version",
+    "ratelimit",
 )
 _DECISION: Final = {True: "allow", False: "deny"}
 _CACHE: Final = {True: "hit", False: "miss"}
@@ -123,4 +127,6 @@ def decision_record(outcome: Outcome, decision_id: str) -> dict[str, RecordValue
         record["shadow_reason"] = str(shadow.reason)
         record["shadow_policy"] = shadow.policy
         record["shadow_rule"] = shadow.rule
+    if outcome.ratelimit:
+        record["ratelimit"] = outcome.ratelimit
     return record

@@ -27,6 +27,8 @@ from extauthz.options import CheckOptions
 from extauthz.outcome import Outcome, deny
 from extauthz.pathnorm import normalize_path
 from extauthz.policy import PolicyResult, evaluate
+from extauthz.ratelimit.limiter import Limiter, new_ctx
+from extauthz.ratelimit.schema import RateLimits
 from extauthz.registry import Snapshot
 
 __all__ = [
@@ -53,7 +55,10 @@ _MAX_IP_CHARS: Final = 64  # the longest IPv6 text with a zone id is shorter
 class CheckPipeline:
     """decode (done by the caller) -> identity -> tenant -> authn -> engine -> Outcome."""
 
-    def __init__(self, options: CheckOptions = CheckOptions()) -> None:
+    def __init__(
+        self, options: CheckOptions = CheckOptions(), *, limiter: Limiter | None = None
+    ) -> None:
+        self.limiter = limiter if limiter is not None else Limiter()
         self._proxies = options.trusted_proxies
         self._hops = options.xff_num_trusted_hops
         self._paths = options.path_normalization
@@ -113,7 +118,33 @@ class CheckPipeline:
             destination_principal=view.destination_principal or None,
         )
         result = evaluate(tenant.policies, subject)
-        return self._outcome(tenant, result, principal, authn), tenant, subject
+        outcome = self._outcome(tenant, result, principal, authn)
+        limits = tenant.ratelimits
+        if limits is not None and outcome.allowed:  # after authz: a deny costs no quota
+            outcome = self._limit(outcome, tenant.name, limits, subject)
+        return outcome, tenant, subject
+
+    def _limit(
+        self, outcome: Outcome, tenant: str, limits: RateLimits, subject: Subject
+    ) -> Outcome:
+        """The tenant's RateLimits on an allowed request: admitted with the RateLimit headers
+        for the client, or a 429."""
+        decision = self.limiter.check(tenant, limits, new_ctx(limits, subject))
+        if decision is None:
+            return outcome
+        if decision.admitted:
+            return outcome._replace(ratelimit=decision.limit, client_headers=decision.headers)
+        reason = Reason.RATELIMIT_UNAVAILABLE if decision.outage else Reason.RATE_LIMITED
+        return outcome._replace(
+            allowed=False,
+            reason=reason,
+            status=429,
+            detail=f"rate limit {decision.limit}",
+            headers_to_add=(),
+            headers_to_remove=(),
+            ratelimit=decision.limit,
+            client_headers=decision.headers,
+        )
 
     def _outcome(
         self,

@@ -13,7 +13,7 @@ character (HTAB allowed) or a lone surrogate (a JSON ``"\\ud800"`` claim), raise
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Any, Final
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
@@ -26,8 +26,13 @@ from extauthz.outcome import Outcome
 __all__ = ["InvalidHeader", "build_response", "metadata_of"]
 
 _OVERWRITE: Final = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_BODY: Final = {401: "unauthorized\n", 403: "access denied\n"}
-_GRPC_CODE: Final = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
+_BODY: Final = {401: "unauthorized\n", 403: "access denied\n", 429: "too many requests\n"}
+_GRPC_CODE: Final = {
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
+    429: code_pb2.RESOURCE_EXHAUSTED,
+}
+_HTTP_STATUS: Final = {401: "Unauthorized", 403: "Forbidden", 429: "TooManyRequests"}
 WWW_AUTHENTICATE: Final = 'Bearer realm="extauthz", error="invalid_token"'
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")  # RFC 9110 token, lower case
 _BAD_VALUE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
@@ -61,6 +66,8 @@ def metadata_of(outcome: Outcome, decision_id: str) -> dict[str, object]:
         meta["shadow_policy"] = outcome.shadow.policy
     if outcome.version:
         meta["policy_version"] = outcome.version
+    if outcome.ratelimit:
+        meta["ratelimit"] = outcome.ratelimit
     return meta
 
 
@@ -71,16 +78,16 @@ def build_response(outcome: Outcome, decision_id: str = "") -> external_auth_pb2
         _check_headers(outcome.headers_to_add)
         response.status.code = code_pb2.OK
         ok = response.ok_response
-        add = ok.headers.add
-        for name, value in outcome.headers_to_add:
-            header = add(append_action=_OVERWRITE).header
-            header.key = name
-            header.value = value
+        _add_headers(ok.headers, outcome.headers_to_add)
         ok.headers_to_remove.extend(outcome.headers_to_remove)
+        if outcome.client_headers:  # to the client's response (RateLimit headers)
+            _add_headers(ok.response_headers_to_add, outcome.client_headers)
         return response
     status = outcome.status if outcome.status in _BODY else 403
     response.MergeFrom(_DENIED[status])
     response.status.message = str(outcome.reason)
+    if outcome.client_headers:
+        _add_headers(response.denied_response.headers, outcome.client_headers)
     return response
 
 
@@ -90,6 +97,13 @@ def _check_headers(headers: tuple[tuple[str, str], ...]) -> None:
             raise InvalidHeader(f"header name {name!r} is not an HTTP token")
     if _BAD_VALUE.search("".join([value for _, value in headers])) is not None:
         raise InvalidHeader("a header value holds a control character or a lone surrogate")
+
+
+def _add_headers(target: Any, headers: tuple[tuple[str, str], ...]) -> None:
+    for name, value in headers:
+        header = target.add(append_action=_OVERWRITE).header
+        header.key = name
+        header.value = value
 
 
 def _set_metadata(struct: struct_pb2.Struct, meta: dict[str, object]) -> None:
@@ -113,9 +127,7 @@ def _denied(status: int) -> external_auth_pb2.CheckResponse:
     response = external_auth_pb2.CheckResponse()
     response.status.code = _GRPC_CODE[status]
     denied = response.denied_response
-    denied.status.code = http_status_pb2.StatusCode.Value(
-        "Unauthorized" if status == 401 else "Forbidden"
-    )
+    denied.status.code = http_status_pb2.StatusCode.Value(_HTTP_STATUS[status])
     denied.body = _BODY[status]
     denied.headers.add(
         header=base_pb2.HeaderValue(key="content-type", value="text/plain"),

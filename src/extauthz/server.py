@@ -26,6 +26,7 @@ from extauthz.app import Components, build
 from extauthz.health import Health
 from extauthz.registry import Registry
 from extauthz.settings import Settings
+from extauthz.store.ratelimit_sync import RateLimitSync
 
 __all__ = ["Server", "serve"]
 
@@ -55,6 +56,7 @@ class Server:
         self.should_exit = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
         self._store_task: asyncio.Task[None] | None = None
+        self._ratelimit: RateLimitSync | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._metrics_server: Any = None
 
@@ -90,6 +92,10 @@ class Server:
         await c.jwks.start()
         self._store_task = asyncio.create_task(c.store.run(c.registry), name="store")
         self._store_task.add_done_callback(self._on_store_exit)
+        if c.settings.redis_url:
+            self._ratelimit = RateLimitSync.start(
+                c.limiter, c.settings.redis_url, c.settings.ratelimit_sync_interval
+            )
         self._install_signal_handlers()
 
     async def shutdown(self) -> None:
@@ -103,6 +109,8 @@ class Server:
             self._store_task.cancel()
             await asyncio.gather(self._store_task, return_exceptions=True)
         await c.store.close()
+        if self._ratelimit is not None:
+            await self._ratelimit.stop()
         await c.jwks.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

@@ -67,6 +67,7 @@ class Settings:
     jwks_ca_file: str | None = None
     jwks_allow_private: bool = False  # jwksUri may resolve to loopback/private/link-local
     poll_interval: float = 1.0
+    ratelimit_sync_interval: float = 0.1  # seconds between rate limit counter syncs (Redis)
     grace_period: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
@@ -106,6 +107,8 @@ class Settings:
             raise SettingsError("--decision-log must be all, deny or none")
         if not 0.0 <= self.decision_log_sample <= 1.0:
             raise SettingsError("--decision-log-sample must be between 0 and 1")
+        if not 0.01 <= self.ratelimit_sync_interval <= 10:
+            raise SettingsError("--ratelimit-sync-interval must be between 0.01 and 10 seconds")
         if self.workers < 1:
             raise SettingsError("--workers must be >= 1")
         if self.metrics_max_tenants < 0:
@@ -179,6 +182,7 @@ FLAGS: Final[dict[str, Flag]] = {
         check=True,
     ),
     "poll_interval": Flag("seconds between policy file scans"),
+    "ratelimit_sync_interval": Flag("seconds between syncs of the rate limit counters with Redis"),
     "grace_period": Flag("seconds to finish in-flight Checks"),
     "log_level": Flag("debug, info, warning, error"),
     "log_format": Flag("log format", choices=("json", "console")),

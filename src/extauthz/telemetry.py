@@ -48,6 +48,7 @@ from extauthz.catalog import CompiledTenant
 from extauthz.errors import Reason
 from extauthz.model import RequestView
 from extauthz.outcome import Outcome, decision_record
+from extauthz.ratelimit.limiter import LimiterStats
 from extauthz.registry import Registry
 from extauthz.telemetry_counts import DURATION_BUCKETS, CheckCounts, DurationCollector
 
@@ -172,6 +173,7 @@ class Telemetry:
             tuple(sorted(self._propagator.fields)) if self.sampling is Sampling.PARENT_ONLY else ()
         )
         self._registry: Registry | None = None
+        self._ratelimits: LimiterStats | None = None
         self._jwks: JwksCache | None = None
         self._metrics = meter_provider is not None
         self._prometheus: tuple[CollectorRegistry, DurationCollector] | None = None
@@ -190,6 +192,10 @@ class Telemetry:
         """Read policy versions, store state and JWKS fetch counts from these at collection."""
         self._registry = registry
         self._jwks = jwks
+
+    def bind_ratelimits(self, stats: LimiterStats) -> None:
+        """Read the rate limiter's counts (outage decisions, overflow, syncs) at collection."""
+        self._ratelimits = stats
 
     def shutdown(self) -> None:
         """Flush and stop exporters (spans still queued are exported)."""
@@ -307,6 +313,12 @@ class Telemetry:
         meter.create_observable_gauge(
             "extauthz.ready", [self._observe_ready], description="1 once policies are loaded"
         )
+        meter.create_observable_counter(
+            "extauthz.ratelimit.events",
+            [self._observe_ratelimits],
+            description="Rate limit decisions and syncs by event (outage_local, outage_deny, "
+            "overflow, sync_error, sync, admitted, limited)",
+        )
 
     # A series appears once it has been counted, as it did with synchronous instruments.
 
@@ -363,6 +375,21 @@ class Telemetry:
             for name, t in self._tenants()
             if t.loaded_at
         ]
+
+    def _observe_ratelimits(self, _: CallbackOptions) -> Iterable[Observation]:
+        stats = self._ratelimits
+        if stats is None:
+            return []
+        events = {
+            "admitted": stats.admitted,
+            "limited": stats.limited,
+            "outage_local": stats.outage_local,
+            "outage_deny": stats.outage_deny,
+            "overflow": stats.overflow,
+            "sync_error": stats.sync_errors,
+            "sync": stats.syncs,
+        }
+        return [Observation(n, {"event": e}) for e, n in events.items() if n]
 
     def _observe_cel_errors(self, _: CallbackOptions) -> Iterable[Observation]:
         return [

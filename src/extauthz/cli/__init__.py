@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from extauthz import __version__
-from extauthz.cli import check, data, envoy, health, policy, serve
+from extauthz.cli import check, data, envoy, health, policy, ratelimit, serve
 
 __all__ = ["main"]
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, policy, data, check, health, envoy):
+    for module in (serve, policy, data, ratelimit, check, health, envoy):
         module.register(sub)
     return parser
 
