@@ -331,6 +331,36 @@ def test_deeply_nested_claims_fail_closed() -> None:
     assert allowed(t, claims={"tier": "gold"})
 
 
+def test_unconvertible_claims_decide_only_rules_reading_them() -> None:
+    """Claims too deep to convert fail the rule reading them, not one reading the method."""
+    deep: Any = "x"
+    for _ in range(5000):
+        deep = [deep]
+    rules = when("extauthz.io/cel", 'auth.claims.tier == "gold"') + when(
+        "extauthz.io/cel", 'request.method == "GET"'
+    )
+    t = tenant(rules)
+    assert t.custom is not None
+    assert allowed(t, claims={"tier": "silver", "deep": deep})
+    assert t.custom.cel.errors.count == 1
+    assert not allowed(t, method="POST", claims={"tier": "silver", "deep": deep})
+
+
+def test_cel_rules_of_one_check_share_its_request_only() -> None:
+    """Every CEL rule of a Check reads that Check's request; the next Check reads its own."""
+    rules = when("extauthz.io/cel", 'request.headers["x-env"] == "prod"')
+    extra = (
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: d, namespace: acme}\nspec:\n  action: DENY\n  rules:\n"
+        + when("extauthz.io/cel", '"x-block" in request.headers')
+    )
+    t = tenant(rules, extra=extra)
+    assert allowed(t, headers={"x-env": "prod"})
+    assert not allowed(t, headers={"x-env": "prod", "x-block": "1"})
+    assert not allowed(t, headers={"x-env": "dev"})
+    assert allowed(t, headers={"x-env": "prod"})
+
+
 @pytest.mark.parametrize(
     "expression",
     [

@@ -85,6 +85,7 @@ _DATA_SELECT: Final = re.compile(
 )
 # Sets an expression reads as lists are copied into the runtime on every evaluation: bounded.
 MAX_COPIED_VALUES: Final = 1000
+_UNSET: Final = object()
 
 
 class CelError(ValueError):
@@ -115,6 +116,15 @@ class CelProgram:
         result = value.value()
         return result if type(result) is bool else None
 
+    def run(self, shared: Any) -> bool | None:
+        """As ``__call__``, on an activation built once for the request (``CelEnv.shared``)."""
+        try:
+            value = self.expression.eval(activation=shared)
+        except Exception:
+            return None
+        result = value.value()
+        return result if type(result) is bool else None
+
 
 class CelEnv:
     """The CEL environment of one tenant: its name, time zone and data sets."""
@@ -125,6 +135,7 @@ class CelEnv:
         self.datasets = datasets
         self.errors = ErrorCounter()
         self._env: Any = None  # built on the first expression: most tenants have none
+        self.reads: set[str] = set()  # what the tenant's expressions read, but ``data``
 
     def _runtime(self) -> Any:
         if self._env is None:
@@ -164,7 +175,28 @@ class CelEnv:
         kind = expression.return_type().name()
         if kind not in ("BOOL", "DYN"):
             raise CelError(f"must be a bool expression, not {kind.lower()}")
-        return CelProgram(source, expression, referenced(source), data)
+        variables = referenced(source)
+        self.reads |= variables - {"data"}
+        return CelProgram(source, expression, variables, data)
+
+    def shared(self, ctx: Ctx) -> Any:
+        """One activation per request holding every variable the tenant's expressions read,
+        built by the first condition that needs it and kept in ``ctx.memo`` for the others;
+        None when a value can't be built (each condition then builds only its own, so a
+        value it doesn't read never decides it)."""
+        memo = ctx.memo
+        if memo is None:
+            memo = ctx.memo = {}
+        else:
+            found = memo.get(self, _UNSET)
+            if found is not _UNSET:
+                return found
+        try:
+            built = self._runtime().Activation(data=activation(ctx, self, self.reads))
+        except Exception:  # e.g. claims nested too deep (RecursionError)
+            built = None
+        memo[self] = built
+        return built
 
     def _known(self, name: str) -> None:
         if name not in self.datasets:
