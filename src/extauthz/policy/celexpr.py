@@ -310,7 +310,7 @@ GETTERS: Final[Mapping[str, Getter]] = {
     "request.host": lambda c, e: c.subject.host,
     "request.path": lambda c, e: c.subject.path,
     "request.query": lambda c, e: _query(c.subject),
-    "request.headers": lambda c, e: dict(c.subject.headers),
+    "request.headers": lambda c, e: _headers(c.subject.headers),
     "request.time": lambda c, e: c.subject.time,
     "source.principal": lambda c, e: c.subject.principal or "",
     "source.namespace": lambda c, e: _workload(c.subject.principal or "")[0],
@@ -358,10 +358,13 @@ _REFERENCES: Final = {
 def _plain(value: Any) -> Any:
     """JSON-like data as the dicts and lists the runtime converts (claims are read-only views)."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): v if type(v) in _SCALARS else _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [v if type(v) in _SCALARS else _plain(v) for v in value]
     return value
+
+
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 
 
 def _query(s: Subject) -> dict[str, str]:
@@ -372,6 +375,11 @@ def _query(s: Subject) -> dict[str, str]:
     for key, value in parse_qsl(raw, keep_blank_values=True, errors="replace"):
         out[key] = f"{out[key]},{value}" if key in out else value
     return out
+
+
+def _headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The request's headers as a dict the runtime reads (never writes): no copy if one."""
+    return headers if type(headers) is dict else dict(headers)
 
 
 def _workload(principal: str) -> tuple[str, str]:
