@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
@@ -356,15 +357,23 @@ _REFERENCES: Final = {
 
 
 def _plain(value: Any) -> Any:
-    """JSON-like data as the dicts and lists the runtime converts (claims are read-only views)."""
-    if isinstance(value, Mapping):
-        return {str(k): v if type(v) in _SCALARS else _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    """JSON-like data as the dicts and lists the runtime converts (claims are read-only views).
+
+    Too deep a structure raises RecursionError (decided fail-closed by the caller)."""
+    kind = type(value)
+    if kind in _MAPS or (kind not in _LISTS and isinstance(value, Mapping)):
+        return {
+            k if type(k) is str else str(k): v if type(v) in _SCALARS else _plain(v)
+            for k, v in value.items()
+        }
+    if kind in _LISTS or isinstance(value, (list, tuple)):
         return [v if type(v) in _SCALARS else _plain(v) for v in value]
     return value
 
 
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_MAPS: Final = frozenset({dict, MappingProxyType})
+_LISTS: Final = frozenset({list, tuple})
 
 
 def _query(s: Subject) -> dict[str, str]:
