@@ -361,6 +361,17 @@ def test_cel_rules_of_one_check_share_its_request_only() -> None:
     assert allowed(t, headers={"x-env": "prod"})
 
 
+def test_cel_reads_each_tokens_own_claims() -> None:
+    """Converted claims kept per token payload never answer for another token's claims."""
+    from types import MappingProxyType
+
+    t = tenant(when("extauthz.io/cel", 'auth.claims.tier == "gold"'))
+    gold = MappingProxyType({"tier": "gold"})
+    tokens = [MappingProxyType({"tier": "bronze", "n": i}) for i in range(200)]
+    for claims in [gold, *tokens, gold]:
+        assert allowed(t, claims=claims) == (claims is gold)
+
+
 @pytest.mark.parametrize(
     "expression",
     [

@@ -87,6 +87,8 @@ _DATA_SELECT: Final = re.compile(
 # Sets an expression reads as lists are copied into the runtime on every evaluation: bounded.
 MAX_COPIED_VALUES: Final = 1000
 _UNSET: Final = object()
+# claims kept converted per tenant (each at most a token's size, which the authenticator bounds)
+MAX_CONVERTED_CLAIMS: Final = 64
 
 
 class CelError(ValueError):
@@ -137,6 +139,9 @@ class CelEnv:
         self.errors = ErrorCounter()
         self._env: Any = None  # built on the first expression: most tenants have none
         self.reads: set[str] = set()  # what the tenant's expressions read, but ``data``
+        # verified claims converted for the runtime, by the identity of the token's payload
+        # (the authenticator's cache hands out the same payload for the same token)
+        self._claims: dict[int, tuple[object, dict[str, Any]]] = {}
 
     def _runtime(self) -> Any:
         if self._env is None:
@@ -179,6 +184,23 @@ class CelEnv:
         variables = referenced(source)
         self.reads |= variables - {"data"}
         return CelProgram(source, expression, variables, data)
+
+    def claims(self, ctx: Ctx) -> dict[str, Any]:
+        """``auth.claims``: the request's claims as plain data, converted once per token
+        payload (the last ``MAX_CONVERTED_CLAIMS`` payloads are kept, with their payload so
+        an identity is never mistaken for another)."""
+        raw = ctx.subject.claims
+        if not raw:
+            return {}
+        found = self._claims.get(id(raw))
+        if found is not None and found[0] is raw:
+            return found[1]
+        normalized = ctx.claims
+        converted: dict[str, Any] = _plain(normalized) if normalized else {}
+        if len(self._claims) >= MAX_CONVERTED_CLAIMS:
+            self._claims.clear()
+        self._claims[id(raw)] = (raw, converted)
+        return converted
 
     def shared(self, ctx: Ctx) -> Any:
         """One activation per request holding every variable the tenant's expressions read,
@@ -298,10 +320,6 @@ def check_cost(source: str) -> None:
 Getter = Callable[[Ctx, "CelEnv"], Any]
 
 
-def _claims(ctx: Ctx) -> dict[str, Any]:
-    return _plain(ctx.claims) if ctx.claims else {}
-
-
 def _ip(value: object) -> str:
     return str(value) if value is not None else ""
 
@@ -321,7 +339,7 @@ GETTERS: Final[Mapping[str, Getter]] = {
     "destination.ip": lambda c, e: _ip(c.subject.destination_ip),
     "destination.port": lambda c, e: c.subject.destination_port or 0,
     "auth.principal": lambda c, e: _request_principal(c.claims or {}),
-    "auth.claims": lambda c, e: _claims(c),
+    "auth.claims": lambda c, e: e.claims(c),
     "auth.audiences": lambda c, e: _audiences(c.claims or {}),
     "auth.presenter": lambda c, e: _string((c.claims or {}).get("azp")),
     "tenant.name": lambda c, e: e.tenant,
