@@ -26,6 +26,10 @@ Cost: the runtime has no cost limit, so it is bounded at validation: an expressi
 ``map``, ``filter``) may not nest, so the work of one expression grows linearly with the size
 of the request (whose headers and token Envoy and the authenticator already bound), never as a
 product of request-sized inputs.
+
+Per Check, the variables are built once (on the first CEL condition the Check reaches) and
+shared by every CEL condition of the tenant (``CelEnv.shared``); a token's claims are
+converted once per verified payload (``CelEnv.claims``).
 """
 
 from __future__ import annotations
