@@ -346,6 +346,22 @@ def test_unconvertible_claims_decide_only_rules_reading_them() -> None:
     assert not allowed(t, method="POST", claims={"tier": "silver", "deep": deep})
 
 
+def test_out_of_range_claim_fails_only_rules_reading_claims() -> None:
+    """A claim the runtime can't hold (an integer beyond 64 bits) fails the rules reading
+    claims, in DENY too, and leaves a rule on the method deciding as usual."""
+    claims = {"tier": "gold", "n": 10**30}
+    rules = when("extauthz.io/cel", 'auth.claims.tier == "gold"') + when(
+        "extauthz.io/cel", 'request.method == "GET"'
+    )
+    t = tenant(rules)
+    assert t.custom is not None
+    assert allowed(t, claims=claims)
+    assert t.custom.cel.errors.count == 1
+    assert not allowed(t, method="POST", claims=claims)
+    deny = tenant(when("extauthz.io/cel", 'auth.claims.tier == "banned"'), action="DENY")
+    assert not allowed(deny, claims=claims)
+
+
 def test_cel_rules_of_one_check_share_its_request_only() -> None:
     """Every CEL rule of a Check reads that Check's request; the next Check reads its own."""
     rules = when("extauthz.io/cel", 'request.headers["x-env"] == "prod"')
