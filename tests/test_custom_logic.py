@@ -331,6 +331,63 @@ def test_deeply_nested_claims_fail_closed() -> None:
     assert allowed(t, claims={"tier": "gold"})
 
 
+def test_unconvertible_claims_decide_only_rules_reading_them() -> None:
+    """Claims too deep to convert fail the rule reading them, not one reading the method."""
+    deep: Any = "x"
+    for _ in range(5000):
+        deep = [deep]
+    rules = when("extauthz.io/cel", 'auth.claims.tier == "gold"') + when(
+        "extauthz.io/cel", 'request.method == "GET"'
+    )
+    t = tenant(rules)
+    assert t.custom is not None
+    assert allowed(t, claims={"tier": "silver", "deep": deep})
+    assert t.custom.cel.errors.count == 1
+    assert not allowed(t, method="POST", claims={"tier": "silver", "deep": deep})
+
+
+def test_out_of_range_claim_fails_only_rules_reading_claims() -> None:
+    """A claim the runtime can't hold (an integer beyond 64 bits) fails the rules reading
+    claims, in DENY too, and leaves a rule on the method deciding as usual."""
+    claims = {"tier": "gold", "n": 10**30}
+    rules = when("extauthz.io/cel", 'auth.claims.tier == "gold"') + when(
+        "extauthz.io/cel", 'request.method == "GET"'
+    )
+    t = tenant(rules)
+    assert t.custom is not None
+    assert allowed(t, claims=claims)
+    assert t.custom.cel.errors.count == 1
+    assert not allowed(t, method="POST", claims=claims)
+    deny = tenant(when("extauthz.io/cel", 'auth.claims.tier == "banned"'), action="DENY")
+    assert not allowed(deny, claims=claims)
+
+
+def test_cel_rules_of_one_check_share_its_request_only() -> None:
+    """Every CEL rule of a Check reads that Check's request; the next Check reads its own."""
+    rules = when("extauthz.io/cel", 'request.headers["x-env"] == "prod"')
+    extra = (
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: d, namespace: acme}\nspec:\n  action: DENY\n  rules:\n"
+        + when("extauthz.io/cel", '"x-block" in request.headers')
+    )
+    t = tenant(rules, extra=extra)
+    assert allowed(t, headers={"x-env": "prod"})
+    assert not allowed(t, headers={"x-env": "prod", "x-block": "1"})
+    assert not allowed(t, headers={"x-env": "dev"})
+    assert allowed(t, headers={"x-env": "prod"})
+
+
+def test_cel_reads_each_tokens_own_claims() -> None:
+    """Converted claims kept per token payload never answer for another token's claims."""
+    from types import MappingProxyType
+
+    t = tenant(when("extauthz.io/cel", 'auth.claims.tier == "gold"'))
+    gold = MappingProxyType({"tier": "gold"})
+    tokens = [MappingProxyType({"tier": "bronze", "n": i}) for i in range(200)]
+    for claims in [gold, *tokens, gold]:
+        assert allowed(t, claims=claims) == (claims is gold)
+
+
 @pytest.mark.parametrize(
     "expression",
     [

@@ -120,6 +120,25 @@ def test_served_decision_follows_the_set(url: str) -> None:
         wait_for(lambda: server.check(request).status.code == code_pb2.OK, what="allowed again")
 
 
+def test_revoked_jti_denied_by_every_replica(url: str) -> None:
+    """Two replicas on one Redis both deny a token once its jti is added, without a restart."""
+    token = ISSUER.token(jti="j-7")
+    request = check_request(host=HOST, headers={"authorization": f"Bearer {token}"})
+    with serving(["--redis-url", url]) as first, serving(["--redis-url", url]) as second:
+        replicas = (first, second)
+        assert [r.check(request).status.code for r in replicas] == [code_pb2.OK, code_pb2.OK]
+        assert data(url, "add", "--set", "revoked-jti", "j-7") == 0
+        for replica in replicas:
+            wait_for(
+                lambda r=replica: r.check(request).status.code == code_pb2.PERMISSION_DENIED,
+                what=f"the revoked jti to be denied on {replica.address}",
+            )
+        other = check_request(
+            host=HOST, headers={"authorization": f"Bearer {ISSUER.token(jti='j-8')}"}
+        )
+        assert [r.check(other).status.code for r in replicas] == [code_pb2.OK, code_pb2.OK]
+
+
 def test_concurrent_adds_all_land(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Writers racing on one set each retry on a version conflict; no value is lost."""
     import subprocess

@@ -26,6 +26,10 @@ Cost: the runtime has no cost limit, so it is bounded at validation: an expressi
 ``map``, ``filter``) may not nest, so the work of one expression grows linearly with the size
 of the request (whose headers and token Envoy and the authenticator already bound), never as a
 product of request-sized inputs.
+
+Per Check, the variables are built once (on the first CEL condition the Check reaches) and
+shared by every CEL condition of the tenant (``CelEnv.shared``); a token's claims are
+converted once per verified payload (``CelEnv.claims``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
@@ -85,6 +90,9 @@ _DATA_SELECT: Final = re.compile(
 )
 # Sets an expression reads as lists are copied into the runtime on every evaluation: bounded.
 MAX_COPIED_VALUES: Final = 1000
+_UNSET: Final = object()
+# claims kept converted per tenant (each at most a token's size, which the authenticator bounds)
+MAX_CONVERTED_CLAIMS: Final = 64
 
 
 class CelError(ValueError):
@@ -115,6 +123,15 @@ class CelProgram:
         result = value.value()
         return result if type(result) is bool else None
 
+    def run(self, shared: Any) -> bool | None:
+        """As ``__call__``, on an activation built once for the request (``CelEnv.shared``)."""
+        try:
+            value = self.expression.eval(activation=shared)
+        except Exception:
+            return None
+        result = value.value()
+        return result if type(result) is bool else None
+
 
 class CelEnv:
     """The CEL environment of one tenant: its name, time zone and data sets."""
@@ -125,6 +142,10 @@ class CelEnv:
         self.datasets = datasets
         self.errors = ErrorCounter()
         self._env: Any = None  # built on the first expression: most tenants have none
+        self.reads: set[str] = set()  # what the tenant's expressions read, but ``data``
+        # verified claims converted for the runtime, by the identity of the token's payload
+        # (the authenticator's cache hands out the same payload for the same token)
+        self._claims: dict[int, tuple[object, dict[str, Any]]] = {}
 
     def _runtime(self) -> Any:
         if self._env is None:
@@ -164,7 +185,45 @@ class CelEnv:
         kind = expression.return_type().name()
         if kind not in ("BOOL", "DYN"):
             raise CelError(f"must be a bool expression, not {kind.lower()}")
-        return CelProgram(source, expression, referenced(source), data)
+        variables = referenced(source)
+        self.reads |= variables - {"data"}
+        return CelProgram(source, expression, variables, data)
+
+    def claims(self, ctx: Ctx) -> dict[str, Any]:
+        """``auth.claims``: the request's claims as plain data, converted once per token
+        payload (the last ``MAX_CONVERTED_CLAIMS`` payloads are kept, with their payload so
+        an identity is never mistaken for another)."""
+        raw = ctx.subject.claims
+        if not raw:
+            return {}
+        found = self._claims.get(id(raw))
+        if found is not None and found[0] is raw:
+            return found[1]
+        normalized = ctx.claims
+        converted: dict[str, Any] = _plain(normalized) if normalized else {}
+        if len(self._claims) >= MAX_CONVERTED_CLAIMS:
+            self._claims.clear()
+        self._claims[id(raw)] = (raw, converted)
+        return converted
+
+    def shared(self, ctx: Ctx) -> Any:
+        """One activation per request holding every variable the tenant's expressions read,
+        built by the first condition that needs it and kept in ``ctx.memo`` for the others;
+        None when a value can't be built (each condition then builds only its own, so a
+        value it doesn't read never decides it)."""
+        memo = ctx.memo
+        if memo is None:
+            memo = ctx.memo = {}
+        else:
+            found = memo.get(self, _UNSET)
+            if found is not _UNSET:
+                return found
+        try:
+            built = self._runtime().Activation(data=activation(ctx, self, self.reads))
+        except Exception:  # e.g. claims nested too deep (RecursionError)
+            built = None
+        memo[self] = built
+        return built
 
     def _known(self, name: str) -> None:
         if name not in self.datasets:
@@ -265,10 +324,6 @@ def check_cost(source: str) -> None:
 Getter = Callable[[Ctx, "CelEnv"], Any]
 
 
-def _claims(ctx: Ctx) -> dict[str, Any]:
-    return _plain(ctx.claims) if ctx.claims else {}
-
-
 def _ip(value: object) -> str:
     return str(value) if value is not None else ""
 
@@ -278,7 +333,7 @@ GETTERS: Final[Mapping[str, Getter]] = {
     "request.host": lambda c, e: c.subject.host,
     "request.path": lambda c, e: c.subject.path,
     "request.query": lambda c, e: _query(c.subject),
-    "request.headers": lambda c, e: dict(c.subject.headers),
+    "request.headers": lambda c, e: _headers(c.subject.headers),
     "request.time": lambda c, e: c.subject.time,
     "source.principal": lambda c, e: c.subject.principal or "",
     "source.namespace": lambda c, e: _workload(c.subject.principal or "")[0],
@@ -288,7 +343,7 @@ GETTERS: Final[Mapping[str, Getter]] = {
     "destination.ip": lambda c, e: _ip(c.subject.destination_ip),
     "destination.port": lambda c, e: c.subject.destination_port or 0,
     "auth.principal": lambda c, e: _request_principal(c.claims or {}),
-    "auth.claims": lambda c, e: _claims(c),
+    "auth.claims": lambda c, e: e.claims(c),
     "auth.audiences": lambda c, e: _audiences(c.claims or {}),
     "auth.presenter": lambda c, e: _string((c.claims or {}).get("azp")),
     "tenant.name": lambda c, e: e.tenant,
@@ -324,12 +379,23 @@ _REFERENCES: Final = {
 
 
 def _plain(value: Any) -> Any:
-    """JSON-like data as the dicts and lists the runtime converts (claims are read-only views)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+    """JSON-like data as the dicts and lists the runtime converts (claims are read-only views).
+
+    Too deep a structure raises RecursionError (decided fail-closed by the caller)."""
+    kind = type(value)
+    if kind in _MAPS or (kind not in _LISTS and isinstance(value, Mapping)):
+        return {
+            k if type(k) is str else str(k): v if type(v) in _SCALARS else _plain(v)
+            for k, v in value.items()
+        }
+    if kind in _LISTS or isinstance(value, (list, tuple)):
+        return [v if type(v) in _SCALARS else _plain(v) for v in value]
     return value
+
+
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_MAPS: Final = frozenset({dict, MappingProxyType})
+_LISTS: Final = frozenset({list, tuple})
 
 
 def _query(s: Subject) -> dict[str, str]:
@@ -340,6 +406,11 @@ def _query(s: Subject) -> dict[str, str]:
     for key, value in parse_qsl(raw, keep_blank_values=True, errors="replace"):
         out[key] = f"{out[key]},{value}" if key in out else value
     return out
+
+
+def _headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The request's headers as a dict the runtime reads (never writes): no copy if one."""
+    return headers if type(headers) is dict else dict(headers)
 
 
 def _workload(principal: str) -> tuple[str, str]:

@@ -95,20 +95,29 @@ def _cel_matcher(
     reads_data = any(p.data is not None for p in programs)
 
     def cel_condition(ctx: Ctx) -> bool:
-        try:
-            variables = activation(ctx, env, names)
-        except (RecursionError, ValueError, TypeError):  # e.g. claims nested too deep
-            counter.count += 1
-            return fail
-        if reads_data:
-            variables["data"] = data
+        shared = None if reads_data else env.shared(ctx)
         failed = False
-        for program in programs:
-            result = program(variables)
-            if result is True:
-                return not negate
-            if result is None:
-                failed = True
+        if shared is not None:
+            for program in programs:
+                result = program.run(shared)
+                if result is True:
+                    return not negate
+                if result is None:
+                    failed = True
+        else:
+            try:
+                variables = activation(ctx, env, names)
+            except (RecursionError, ValueError, TypeError):  # e.g. claims nested too deep
+                counter.count += 1
+                return fail
+            if reads_data:
+                variables["data"] = data
+            for program in programs:
+                result = program(variables)
+                if result is True:
+                    return not negate
+                if result is None:
+                    failed = True
         if failed:
             counter.count += 1
             return fail

@@ -56,13 +56,15 @@ def ascii_lower(value: str) -> str:
 class Ctx:
     """What the matchers of one request read. Built once per evaluation."""
 
-    __slots__ = ("_claims", "_host", "_space_delimited", "subject")
+    __slots__ = ("_claims", "_host", "_space_delimited", "memo", "subject")
 
     def __init__(self, subject: Subject, space_delimited: frozenset[str]) -> None:
         self.subject = subject
         self._space_delimited = space_delimited
         self._host: str | None = None
         self._claims: Mapping[str, Any] | object | None = MISSING
+        # what condition kinds build once per request and share (the CEL variables), by owner
+        self.memo: dict[object, Any] | None = None
 
     @property
     def host_lower(self) -> str:
