@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import io
 import os
@@ -157,7 +158,7 @@ def engine(args: argparse.Namespace) -> None:
         rows.append(
             measure(
                 label,
-                lambda p=policies: evaluate(p, subject),
+                functools.partial(evaluate, policies, subject),
                 args.iterations,
                 args.max_seconds,
                 args.iterations // 10,
