@@ -94,8 +94,7 @@ def test_validate_warns_on_selector(tmp_path: Path) -> None:
 def test_validate_warns_on_sni_condition(tmp_path: Path) -> None:
     """A DENY on connection.sni validates, with a warning naming file:line:field and the fix."""
     spec = (
-        "  action: DENY\n  rules:\n  - when:\n"
-        "    - key: connection.sni\n      values: [evil.test]"
+        "  action: DENY\n  rules:\n  - when:\n    - key: connection.sni\n      values: [evil.test]"
     )
     path = tmp_path / "p.yaml"
     path.write_text(policy_yaml("p", "shop", spec))

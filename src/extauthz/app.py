@@ -77,6 +77,4 @@ def build(
         )
         observer = make_observer(telemetry, decisions)
     servicer = AuthorizationServicer(registry, pipeline, observer)
-    return Components(
-        settings, jwks, registry, make_store(settings), servicer, telemetry, limiter
-    )
+    return Components(settings, jwks, registry, make_store(settings), servicer, telemetry, limiter)

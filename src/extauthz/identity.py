@@ -264,8 +264,7 @@ def _xfcc_client(header: str, mode: str) -> SpiffeId | None:
         return None
     if len(uris) > 1:
         raise PeerIdentityError(
-            f"x-forwarded-client-cert element holds {len(uris)} URIs; a SPIFFE certificate "
-            "has one"
+            f"x-forwarded-client-cert element holds {len(uris)} URIs; a SPIFFE certificate has one"
         )
     return parse_spiffe_id(uris[0])
 
