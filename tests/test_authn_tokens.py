@@ -534,6 +534,19 @@ def test_cache_is_bounded() -> None:
     assert check(auth, bearer(a)).cache_hit is False
 
 
+def test_cached_token_with_another_signature_is_verified_afresh() -> None:
+    """A cached token's header and payload under another signature miss the cache, and fail."""
+    auth = authenticator()
+    token = sign()
+    assert check(auth, bearer(token)).error is None
+    head, payload, _ = token.split(".")
+    forged = f"{head}.{payload}.{sign(sub='bob').split('.')[2]}"
+    result = check(auth, bearer(forged))
+    assert result.cache_hit is False
+    assert_invalid(result)
+    assert check(auth, bearer(token)).cache_hit is True
+
+
 def test_authenticate_is_fast_on_cache_hit() -> None:
     """A cache hit costs no signature check: 2000 hits take well under a second."""
     auth = authenticator()

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from extauthz.authn.cache import TokenCache, token_digest
+from extauthz.authn.cache import TokenCache
 from extauthz.authn.jwks import JwksCache
 from extauthz.authn.keys import Key
 from extauthz.authn.rules import JwtRule, TokenLocation
@@ -143,12 +143,11 @@ class Authenticator:
         ((token, where),) = found.items()
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken("token too large")
-        digest = token_digest(token)
-        hit = self._cache.get(digest, now)
+        hit = self._cache.get(token, now)
         if hit is not None and self._still_valid(hit, where):
             return self._result(hit, where, cache_hit=True)
         verified, not_before, not_after = self._verify(token, where, now)
-        self._cache.put(digest, not_before, not_after, verified, cost=len(token))
+        self._cache.put(token, not_before, not_after, verified, cost=len(token))
         return self._result(verified, where, cache_hit=False)
 
     def _verify(
