@@ -449,15 +449,22 @@ def inner_loop(stage: str, n: int) -> None:
 
     bench = served_bench()
     fn: Callable[[], object] = bench.served
-    if stage == "observer":
+    if stage != "served":
         from extauthz.decode import decode
+        from extauthz.response import build_response
 
-        view = decode(bench.request)
-        outcome = bench.servicer._pipeline(bench.registry.snapshot, view)
+        request = bench.request
+        view = decode(request)
+        pipeline = bench.servicer._pipeline
+        snapshot = bench.registry.snapshot
+        outcome = pipeline(snapshot, view)
         observer = bench.servicer._observer
-
-        def fn() -> object:
-            return observer(outcome, view, "id", 1e-4)
+        fn = {
+            "observer": lambda: observer(outcome, view, "id", 1e-4),
+            "decode": lambda: decode(request),
+            "pipeline": lambda: pipeline(snapshot, view),
+            "response": lambda: build_response(outcome, "id"),
+        }[stage]
 
     itertools.pairwise(())  # callgrind dumps and zeroes here...
     for _ in range(n):
@@ -498,7 +505,7 @@ def instructions_part(args: argparse.Namespace) -> str:
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         if src is not None:
             env["PYTHONPATH"] = str(src)
-        for stage in ("served", "observer"):
+        for stage in args.callgrind_stages.split(","):
             out = work / f"{name}.{stage}.out"
             subprocess.run(
                 ["valgrind", "--tool=callgrind", "--dump-before=pairwise_new",
@@ -538,6 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checks", type=int, default=20_000, help="in-process Checks")
     parser.add_argument("--reference-src", type=Path, help="also run extauthz from this src/")
     parser.add_argument("--callgrind-checks", type=int, default=300, help="calls per count")
+    parser.add_argument(
+        "--callgrind-stages",
+        default="served,observer",
+        help="comma-separated, of served, observer, decode, pipeline, response",
+    )
     parser.add_argument("--inner-loop", nargs=2, metavar=("STAGE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inner_loop:

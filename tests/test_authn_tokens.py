@@ -534,6 +534,34 @@ def test_cache_is_bounded() -> None:
     assert check(auth, bearer(a)).cache_hit is False
 
 
+def test_cached_token_with_another_signature_is_verified_afresh() -> None:
+    """A cached token's header and payload under another signature miss the cache, and fail."""
+    auth = authenticator()
+    token = sign()
+    assert check(auth, bearer(token)).error is None
+    head, payload, _ = token.split(".")
+    forged = f"{head}.{payload}.{sign(sub='bob').split('.')[2]}"
+    result = check(auth, bearer(forged))
+    assert result.cache_hit is False
+    assert_invalid(result)
+    assert check(auth, bearer(token)).cache_hit is True
+
+
+def test_cache_hit_follows_where_the_token_was_found() -> None:
+    """The same cached token in another header removes that header, not the first one."""
+    auth = authenticator(
+        {"issuer": ISS, "jwks": JWKS, "fromHeaders": [{"name": "x-a"}, {"name": "x-b"}]}
+    )
+    token = sign()
+    first = check(auth, RequestView(path="/", headers={"x-a": token}))
+    hits = [check(auth, RequestView(path="/", headers={name: token})) for name in ("x-b", "x-a")]
+    assert first.cache_hit is False
+    assert [hit.cache_hit for hit in hits] == [True, True]
+    assert "x-b" in hits[0].headers_to_remove
+    assert "x-a" not in hits[0].headers_to_remove
+    assert hits[1].headers_to_remove == first.headers_to_remove
+
+
 def test_authenticate_is_fast_on_cache_hit() -> None:
     """A cache hit costs no signature check: 2000 hits take well under a second."""
     auth = authenticator()

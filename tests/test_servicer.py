@@ -173,12 +173,13 @@ async def test_unsendable_request_principal_is_an_observed_deny(served: Served, 
         ({"host": HOST + "\x01"}, "control character"),
         ({"headers": {"x-a": "1\r\nx-b: 2"}}, "control character"),
         ({"headers": {"x-a\x00": "1"}}, "control character"),
+        ({"headers": {"x-a\tb": "1"}}, "control character"),
         ({"path": "/" + "a" * 17_000}, "path longer"),
         ({"headers": {"x-a": "a" * 70_000}}, "'x-a' longer"),
         ({"headers": {"x-forwarded-for": ",".join(["10.0.0.1"] * 65)}}, "x-forwarded-for"),
     ],
-    ids=["nul", "pct00", "lf-path", "ctl-host", "crlf-header", "nul-name", "long-path",
-         "long-header", "xff-entries"],
+    ids=["nul", "pct00", "lf-path", "ctl-host", "crlf-header", "nul-name", "tab-name",
+         "long-path", "long-header", "xff-entries"],
 )  # fmt: skip
 async def test_malformed_values_are_denied(
     served: Served, request_kw: dict[str, Any], detail: str

@@ -14,6 +14,8 @@ path, the host, each header value, all headers together, and the number of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
@@ -42,6 +44,7 @@ MAX_XFF_ENTRIES: Final = 64
 # regular expression search on the few KiB of a request's headers).
 _CTL: Final = bytes([*range(0x20), 0x7F])  # method, host, path, header names
 _CTL_VALUE: Final = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])  # values: HTAB allowed
+_NO_EXTENSIONS: Final[Mapping[str, str]] = MappingProxyType({})  # nearly every Check's
 
 
 def _has_control(text: str, controls: bytes) -> bool:
@@ -61,6 +64,7 @@ def decode(request: external_auth_pb2.CheckRequest) -> RequestView:
         raise MalformedRequest("no attributes.request.http")
     http = attrs.request.http
     headers = _headers(http)
+    extensions = attrs.context_extensions
     method = http.method or headers.get(":method", "")
     if not method:
         raise MalformedRequest("no HTTP method")
@@ -86,7 +90,7 @@ def decode(request: external_auth_pb2.CheckRequest) -> RequestView:
         destination_port=destination_socket.port_value,
         destination_principal=destination.principal,
         sni=attrs.tls_session.sni,
-        context_extensions=dict(attrs.context_extensions),
+        context_extensions=dict(extensions) if extensions else _NO_EXTENSIONS,
     )
 
 
@@ -102,11 +106,12 @@ def _check_line(method: str, host: str, path: str) -> None:
         raise MalformedRequest("%00 in path")
 
 
-def _check_headers(headers: dict[str, str]) -> None:
+def _check_headers(headers: dict[str, str], names: str, values: str) -> None:
     """Names and values free of control characters (HTAB allowed in values), each value
-    bounded, and x-forwarded-for with at most MAX_XFF_ENTRIES entries."""
-    values = "".join(headers.values())
-    if _has_control(values, _CTL_VALUE) or _has_control("".join(headers), _CTL):
+    bounded, and x-forwarded-for with at most MAX_XFF_ENTRIES entries. ``names`` and
+    ``values`` are the names and the values of ``headers``, each joined without separator."""
+    # One pass over both: no control character but HTAB in either, and no HTAB in a name.
+    if _has_control(names + values, _CTL_VALUE) or "\t" in names:
         raise MalformedRequest("control character in a header")
     if len(values) > MAX_HEADER_VALUE_BYTES:  # only then can one value be too long
         for name, value in headers.items():
@@ -123,16 +128,21 @@ def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> dict[s
     """Lower-case names; repeated values joined with ',' (as Envoy's RBAC sees them)."""
     out: dict[str, str] = {}
     size = 0
-    if http.headers:
-        if len(http.headers) > MAX_HEADERS:
+    mapped = http.headers
+    if mapped:
+        if len(mapped) > MAX_HEADERS:
             raise MalformedRequest(f"more than {MAX_HEADERS} headers")
-        # Envoy sends lower-case names: copy the map in one go, and only when a name is not
-        # lower case (lower() changes no character of the joined names) lower them one by one.
-        out = dict(http.headers)
+        # Envoy sends lower-case names: copy the map (one lookup per name: cheaper than
+        # dict(mapped) on protobuf's map), and only when a name is not lower case (lower()
+        # changes no character of the joined names) lower them one by one.
+        out = {name: mapped[name] for name in mapped}
         names = "".join(out)
-        size = len(names) + sum(map(len, out.values()))
+        values = "".join(out.values())
+        size = len(names) + len(values)
         if names.lower() != names:
-            out = {name.lower(): value for name, value in http.headers.items()}
+            out = {name.lower(): value for name, value in out.items()}
+            names = "".join(out)
+            values = "".join(out.values())
     elif http.HasField("header_map"):
         entries = http.header_map.headers
         if len(entries) > MAX_HEADERS:
@@ -148,7 +158,11 @@ def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> dict[s
             size += len(entry.key) + len(value)
             name = entry.key.lower()
             out[name] = f"{out[name]},{value}" if name in out else value
+        names = "".join(out)
+        values = "".join(out.values())
+    else:
+        names = values = ""
     if size > MAX_HEADER_BYTES:
         raise MalformedRequest(f"headers larger than {MAX_HEADER_BYTES} bytes")
-    _check_headers(out)
+    _check_headers(out, names, values)
     return out

@@ -176,7 +176,7 @@ class CheckPipeline:
             detail="" if result.allowed else result.policy or "no ALLOW policy matched",
             headers_to_add=tuple(add),
             headers_to_remove=remove,
-            audits=tuple(f"{a.policy}[{a.rule}]" for a in result.audits),
+            audits=tuple([f"{a.policy}[{a.rule}]" for a in result.audits]) if result.audits else (),
             shadow=result.shadow,
             jwt_cache_hit=authn.cache_hit,
             version=tenant.version,

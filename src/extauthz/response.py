@@ -72,6 +72,25 @@ def metadata_of(outcome: Outcome, decision_id: str) -> dict[str, object]:
 
 
 def build_response(outcome: Outcome, decision_id: str = "") -> external_auth_pb2.CheckResponse:
+    """The response for ``outcome``: a copy of the one built for its key, ``decision_id`` set.
+
+    Everything but ``decision_id`` is a function of the outcome without ``detail`` and
+    ``jwt_cache_hit`` (which the response never carries), so the response built for that key
+    is kept (``_Templates``) and copied; the copy serializes to the same bytes as a response
+    built afresh (``decision_id`` keeps its place: the template holds it, empty).
+    """
+    key = outcome[:8] + outcome[9:13] + outcome[14:]  # all but detail and jwt_cache_hit
+    template = _templates.get(key)
+    if template is None:
+        template = _build(outcome)
+        _templates.put(key, template)
+    response = external_auth_pb2.CheckResponse()
+    response.CopyFrom(template)
+    response.dynamic_metadata.fields["decision_id"].string_value = decision_id
+    return response
+
+
+def _build(outcome: Outcome, decision_id: str = "") -> external_auth_pb2.CheckResponse:
     response = external_auth_pb2.CheckResponse()
     _set_metadata(response.dynamic_metadata, metadata_of(outcome, decision_id))
     if outcome.allowed:
@@ -89,6 +108,53 @@ def build_response(outcome: Outcome, decision_id: str = "") -> external_auth_pb2
     if outcome.client_headers:
         _add_headers(response.denied_response.headers, outcome.client_headers)
     return response
+
+
+class _Templates:
+    """The responses built, by outcome key: at most ``entries`` of them and ``max_bytes`` of
+    serialized responses; when full, the oldest entries go first. A response larger than
+    ``max_entry_bytes`` (a large claim forwarded in a header) is built each time instead.
+
+    A plain dict, one C operation per step: safe to share between threads, where a race can
+    at worst build a response twice or let the byte count drift by an entry.
+    """
+
+    __slots__ = ("_bytes", "_entries", "_max_bytes", "_max_entries", "_max_entry_bytes")
+
+    def __init__(self, entries: int, max_bytes: int, max_entry_bytes: int) -> None:
+        self._entries: dict[tuple[object, ...], tuple[external_auth_pb2.CheckResponse, int]] = {}
+        self._max_entries = entries
+        self._max_bytes = max_bytes
+        self._max_entry_bytes = max_entry_bytes
+        self._bytes = 0
+
+    def get(self, key: tuple[object, ...]) -> external_auth_pb2.CheckResponse | None:
+        entry = self._entries.get(key)
+        return None if entry is None else entry[0]
+
+    def put(self, key: tuple[object, ...], response: external_auth_pb2.CheckResponse) -> None:
+        size = response.ByteSize()
+        if size > self._max_entry_bytes:
+            return
+        entries = self._entries
+        while entries and (
+            len(entries) >= self._max_entries or self._bytes + size > self._max_bytes
+        ):
+            evicted = entries.pop(next(iter(entries)), None)
+            if evicted is not None:
+                self._bytes -= evicted[1]
+        if entries.setdefault(key, (response, size))[0] is response:
+            self._bytes += size
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def total_bytes(self) -> int:
+        return self._bytes
+
+
+_templates: Final = _Templates(entries=4096, max_bytes=8 * 1024 * 1024, max_entry_bytes=16 * 1024)
 
 
 def _check_headers(headers: tuple[tuple[str, str], ...]) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from extauthz.authn.cache import TokenCache, token_digest
+from extauthz.authn.cache import TokenCache
 from extauthz.authn.jwks import JwksCache
 from extauthz.authn.keys import Key
 from extauthz.authn.rules import JwtRule, TokenLocation
@@ -69,6 +69,18 @@ class _Verified:
     headers_to_add: tuple[tuple[str, str], ...]
 
 
+class _Cached:
+    """A cache entry: the verified token, and the result of its latest hit with the
+    locations it was found in (the same locations give the same result)."""
+
+    __slots__ = ("hit", "verified", "where")
+
+    def __init__(self, verified: _Verified) -> None:
+        self.verified = verified
+        self.where: tuple[TokenLocation, ...] | None = None
+        self.hit: AuthnResult | None = None
+
+
 class Authenticator:
     """Compiled once per tenant from its rules; ``authenticate`` is the hot path."""
 
@@ -86,7 +98,7 @@ class Authenticator:
         self._by_issuer = {rule.issuer: rule for rule in self._rules}
         self._finder = TokenFinder(loc for rule in self._rules for loc in rule.locations)
         self._locations = {rule.issuer: frozenset(rule.locations) for rule in self._rules}
-        self._cache: TokenCache[_Verified] = TokenCache(cache_size)
+        self._cache: TokenCache[_Cached] = TokenCache(cache_size)
         self._output_headers = tuple(
             dict.fromkeys(
                 name
@@ -143,12 +155,14 @@ class Authenticator:
         ((token, where),) = found.items()
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken("token too large")
-        digest = token_digest(token)
-        hit = self._cache.get(digest, now)
-        if hit is not None and self._still_valid(hit, where):
-            return self._result(hit, where, cache_hit=True)
+        cached = self._cache.get(token, now)
+        if cached is not None and self._still_valid(cached.verified, where):
+            if cached.hit is None or cached.where != where:
+                cached.hit = self._result(cached.verified, where, cache_hit=True)
+                cached.where = where
+            return cached.hit
         verified, not_before, not_after = self._verify(token, where, now)
-        self._cache.put(digest, not_before, not_after, verified, cost=len(token))
+        self._cache.put(token, not_before, not_after, _Cached(verified), cost=len(token))
         return self._result(verified, where, cache_hit=False)
 
     def _verify(

@@ -1,0 +1,92 @@
+"""Responses copied from the ones kept per outcome are the responses built afresh."""
+
+from __future__ import annotations
+
+import pytest
+
+from extauthz import response
+from extauthz.errors import Reason
+from extauthz.pipeline import Outcome
+from extauthz.policy import RuleRef, ShadowResult
+
+OUTCOMES = [
+    Outcome(
+        True,
+        Reason.ALLOWED,
+        200,
+        tenant="t",
+        policy="ns/allow",
+        rule=0,
+        principal="spiffe://td/ns/a/sa/b",
+        request_principal="https://issuer/alice",
+        headers_to_add=(("x-extauthz-tenant", "t"), ("x-user", "alice\tsmith")),
+        headers_to_remove=("authorization",),
+        audits=("ns/audit[0]",),
+        version="v7",
+    ),
+    Outcome(False, Reason.NO_ALLOW_MATCH, 403, tenant="t", detail="no ALLOW policy matched"),
+    Outcome(False, Reason.JWT_INVALID, 401, tenant="t", detail="bad signature"),
+    Outcome(False, Reason.INTERNAL, 500, detail="odd status"),
+    Outcome(
+        True,
+        Reason.ALLOWED,
+        200,
+        tenant="t",
+        shadow=ShadowResult(
+            False, Reason.POLICY_DENIED, "ns/dry", 1, RuleRef("ns/dry", 1), None, ()
+        ),
+    ),
+]
+
+
+def fresh(outcome: Outcome, decision_id: str) -> bytes:
+    return response._build(outcome, decision_id).SerializeToString()
+
+
+@pytest.mark.parametrize("outcome", OUTCOMES)
+def test_copied_response_serializes_like_a_fresh_one(outcome: Outcome) -> None:
+    """Built twice (the second from the kept one), a response has the fresh one's bytes."""
+    for decision_id in ("first-id", "second-id", ""):
+        built = response.build_response(outcome, decision_id)
+        assert built.SerializeToString() == fresh(outcome, decision_id)
+        assert built.dynamic_metadata.fields["decision_id"].string_value == decision_id
+
+
+def test_detail_and_cache_hit_do_not_change_the_response() -> None:
+    """Outcomes differing only in detail or jwt_cache_hit get the same response."""
+    base = OUTCOMES[2]
+    other = base._replace(detail="another detail", jwt_cache_hit=True)
+    assert (
+        response.build_response(other, "d").SerializeToString()
+        == response.build_response(base, "d").SerializeToString()
+    )
+
+
+def test_changing_a_returned_response_leaves_the_next_one_alone() -> None:
+    """A caller mutating its response cannot alter what the next Check gets."""
+    outcome = OUTCOMES[0]
+    first = response.build_response(outcome, "a")
+    first.ok_response.headers.add().header.key = "x-injected"
+    first.dynamic_metadata.fields["decision"].string_value = "deny"
+    assert response.build_response(outcome, "b").SerializeToString() == fresh(outcome, "b")
+
+
+def test_invalid_header_is_refused_every_time() -> None:
+    """A header Envoy would refuse raises on every call, never served from a kept response."""
+    outcome = OUTCOMES[0]._replace(headers_to_add=(("x-user", "a\r\nb"),))
+    for _ in range(2):
+        with pytest.raises(response.InvalidHeader):
+            response.build_response(outcome, "d")
+
+
+def test_kept_responses_are_bounded_in_entries_and_bytes() -> None:
+    """At most `entries` responses and `max_bytes` of them are kept; a large one is not."""
+    templates = response._Templates(entries=3, max_bytes=2000, max_entry_bytes=900)
+    for n in range(10):
+        outcome = OUTCOMES[0]._replace(request_principal=f"https://issuer/user{n}")
+        templates.put(tuple(outcome), response._build(outcome))
+    assert len(templates) <= 3
+    assert 0 < templates.total_bytes <= 2000
+    big = OUTCOMES[0]._replace(headers_to_add=(("x-claims", "x" * 1000),))
+    templates.put(tuple(big), response._build(big))
+    assert templates.get(tuple(big)) is None
