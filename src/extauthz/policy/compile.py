@@ -42,6 +42,7 @@ from extauthz.policy.matchers import (
 from extauthz.policy.paths import TemplateError, is_template, template_regex
 from extauthz.policy.schema import ConditionSpec, PolicySpec, RuleSpec, parse_policy
 from extauthz.policy.spiffe import (
+    SPIFFE,
     expand_trust_domains,
     namespace_set,
     principal_set,
@@ -251,7 +252,7 @@ class _RuleCompiler:
         build: Build,
         build_not: Build | None = None,
         *,
-        kind: Hashable,
+        kind: tuple[Hashable, ...],
     ) -> list[Check]:
         """The checks of a field and its negation. ``kind`` names the builder and every input
         it reads besides the values: identical kinds and values share one matcher."""
@@ -276,7 +277,7 @@ class _RuleCompiler:
                     make = build_not
                 else:
                     make = _negated(build)
-                checks.append(_SHARED.check(f"{label}.{name}", (kind, negate), make, good))
+                checks.append(_SHARED.check(f"{label}.{name}", (*kind, negate), make, good))
         return checks
 
     def _source(self, j: int, entry: Mapping[str, tuple[str, ...]]) -> list[Check]:
@@ -287,7 +288,7 @@ class _RuleCompiler:
             vals = (entry.get(pos, ()), entry.get(neg, ()))
             if vals[0] or vals[1]:  # most fields are absent: build nothing for them
                 builder, validate = self._source_kind(pos)
-                kind = (pos, self._reads(pos == "principals", pos == "serviceAccounts"))
+                kind = (pos, *self._reads(pos == "principals", pos == "serviceAccounts"))
                 checks += self._pair(label, path, (pos, neg), vals, validate, builder, kind=kind)
         return checks
 
@@ -315,12 +316,15 @@ class _RuleCompiler:
             vals = (entry.get(pos, ()), entry.get(neg, ()))
             if vals[0] or vals[1]:
                 checks += self._pair(
-                    label, path, (pos, neg), vals, validate, builder, kind=(pos, ())
+                    label, path, (pos, neg), vals, validate, builder, kind=(pos,)
                 )
         return checks
 
     def _principals(self, values: list[str]) -> Matcher:
-        return _on_principal(principal_set)(expand_trust_domains(values, self.tds))
+        expanded = expand_trust_domains(values, self.tds)
+        if len(expanded) == 1 and "*" not in (expanded[0][:1], expanded[0][-1:]):
+            return _one_principal(SPIFFE + expanded[0])  # the common case, without a set
+        return _on_principal(principal_set)(expanded)
 
     def _condition(self, j: int, cond: ConditionSpec) -> list[Check]:
         label = f"when[{j}]"
@@ -358,7 +362,7 @@ class _RuleCompiler:
         names = ("values", "notValues")
         reads = self._reads(key == "source.principal", key == "source.serviceAccount")
         # connection.sni and request.headers build per action (see _condition_kind)
-        kind = ("when", key, reads, self.spec.action == "ALLOW")
+        kind = ("when", key, *reads, self.spec.action == "ALLOW")
         return self._pair(label, path, names, vals, validate, build, build_not, kind=kind)
 
     def _reads(self, trust_domains: bool, namespace: bool) -> tuple[object, ...]:
@@ -409,6 +413,15 @@ def _on_principal(make: Callable[[list[str]], StringSet]) -> Build:
         return on_principal
 
     return build
+
+
+def _one_principal(uri: str) -> Matcher:
+    """What ``principal_set`` of one exact value tests, as one comparison."""
+
+    def one_principal(ctx: Ctx) -> bool:
+        return ctx.subject.principal == uri
+
+    return one_principal
 
 
 def _ip(get: Callable[[Ctx], object]) -> Build:
@@ -759,6 +772,9 @@ def _rule_matcher(
     if any(not entry for entry in ops):
         ops = ()
 
+    if len(ops) <= 1 and len(src) <= 1:  # the common shape: all of one flat list
+        return _all((*(ops[0] if ops else ()), *(src[0] if src else ()), *cond))
+
     # Cheapest first: operations (method, path, host, port), then sources, then conditions.
     def match(ctx: Ctx) -> bool:
         if ops:
@@ -785,3 +801,15 @@ def _rule_matcher(
         return True
 
     return match
+
+
+def _all(fns: tuple[Matcher, ...]) -> Matcher:
+    """A rule of at most one ``from`` and one ``to`` entry: every check holds, in order."""
+
+    def match_all(ctx: Ctx) -> bool:
+        for fn in fns:  # noqa: SIM110 - a generator would cost a frame per rule
+            if not fn(ctx):
+                return False
+        return True
+
+    return match_all
