@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -83,6 +84,12 @@ def rss_mb(pid: int) -> tuple[float, float]:
         key, _, value = line.partition(":")
         fields[key] = value.strip()
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (a load's cost even on a busy machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_replica(url: str) -> tuple[ServerProcess, float, dict[str, Any]]:
@@ -167,8 +174,10 @@ def main() -> None:
             replica, elapsed, loaded = start_replica(server.url)
             replicas.append(replica)
             rss, peak = rss_mb(replica.proc.pid)
+            cpu = cpu_seconds(replica.proc.pid)
             print(
-                f"replica: SERVING after {elapsed:.1f} s (process start included); store: "
+                f"replica: SERVING after {elapsed:.1f} s, {cpu:.1f} s CPU (process start "
+                "included); store: "
                 f"read {loaded.get('read_seconds')} s, compile {loaded.get('compile_seconds')} s, "
                 f"{loaded.get('tenants')} tenants; RSS {rss:.0f} MiB (peak {peak:.0f}, "
                 f"empty replica {base_rss:.0f} MiB)"

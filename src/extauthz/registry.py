@@ -125,6 +125,7 @@ class Registry:
                     continue
                 tenants[name] = self._load(source, current)
         finally:
+            gc.freeze()  # else the first collection walks everything allocated above
             if collecting:
                 gc.enable()
         self._swap(self._resolve_conflicts(tenants))

@@ -10,13 +10,22 @@ Values that cannot be turned into a matcher (an invalid port, IP/CIDR, header or
 unknown ``when`` key) are handled as Istio's builder handles them, with a warning: in an ALLOW
 policy the whole rule is dropped (it never matches), in a DENY or AUDIT policy only the bad
 value (or the bad condition) is dropped, so the rule matches more, never less.
+
+Identical fields share their compiled matcher, across the policies of every tenant: a matcher
+is a pure function of the values that reach ``build`` and of the few inputs its builder reads
+(``_Shared`` keys name them all), and holds no tenant, file or line. Validation and warnings
+still run per document, so each message names its own file and line; only what is built from
+the values that passed is shared. Custom conditions (CEL, time windows) read their tenant's
+context and are never shared.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import sys
+import weakref
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from extauthz.documents import Document, Path, field_name
 from extauthz.policy.custom import CUSTOM_PREFIX, CustomContext, custom_condition
@@ -33,6 +42,7 @@ from extauthz.policy.matchers import (
 from extauthz.policy.paths import TemplateError, is_template, template_regex
 from extauthz.policy.schema import ConditionSpec, PolicySpec, RuleSpec, parse_policy
 from extauthz.policy.spiffe import (
+    SPIFFE,
     expand_trust_domains,
     namespace_set,
     principal_set,
@@ -42,13 +52,15 @@ from extauthz.policy.spiffe import (
 
 __all__ = ["Check", "CompiledPolicies", "CompiledPolicy", "CompiledRule", "compile_policies"]
 
+_V = TypeVar("_V")
 ALWAYS_SPACE_DELIMITED: Final = ("scope", "permission")
 _EXPERIMENTAL: Final = "experimental.envoy.filters."
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Check:
-    """One field of a rule: ``field`` names it (``to[0].operation.paths``)."""
+    """One field of a rule: ``field`` names it (``to[0].operation.paths``). Shared between
+    identical fields, so it holds no tenant, file or line."""
 
     field: str
     fn: Matcher
@@ -164,7 +176,7 @@ def _compile_policy(
     rules = tuple(
         _RuleCompiler(spec, rule, tds, warnings, custom).compile() for rule in (spec.rules or ())
     )
-    return CompiledPolicy(spec.ref, spec.action, spec.dry_run, rules), warnings
+    return CompiledPolicy(sys.intern(spec.ref), spec.action, spec.dry_run, rules), warnings
 
 
 class _Bad(ValueError):
@@ -205,16 +217,16 @@ class _RuleCompiler:
         spec = self.spec
         doc = self.doc
         return CompiledRule(
-            policy=spec.ref,
+            policy=sys.intern(spec.ref),
             index=rule.index,
             action=spec.action,
             dry_run=spec.dry_run,
-            envoy_id=f"ns[{doc.namespace}]-policy[{doc.name}]-rule[{rule.index}]",
+            envoy_id=sys.intern(f"ns[{doc.namespace}]-policy[{doc.name}]-rule[{rule.index}]"),
             sources=sources,
             operations=operations,
             conditions=conditions,
             dropped=self.dropped,
-            match=_rule_matcher(sources, operations, conditions, bool(self.dropped)),
+            match=_SHARED.rule(sources, operations, conditions, bool(self.dropped)),
         )
 
     # -- reporting -------------------------------------------------------------------------
@@ -239,7 +251,11 @@ class _RuleCompiler:
         validate: Validate | None,
         build: Build,
         build_not: Build | None = None,
+        *,
+        kind: tuple[Hashable, ...],
     ) -> list[Check]:
+        """The checks of a field and its negation. ``kind`` names the builder and every input
+        it reads besides the values: identical kinds and values share one matcher."""
         checks: list[Check] = []
         for name, vals, negate in ((names[0], values[0], False), (names[1], values[1], True)):
             good: list[str] = []
@@ -256,12 +272,12 @@ class _RuleCompiler:
                 good.append(v)
             if good:
                 if not negate:
-                    fn = build(good)
+                    make = build
                 elif build_not is not None:
-                    fn = build_not(good)
+                    make = build_not
                 else:
-                    fn = _negate(build(good))
-                checks.append(Check(f"{label}.{name}", fn))
+                    make = _negated(build)
+                checks.append(_SHARED.check(f"{label}.{name}", (*kind, negate), make, good))
         return checks
 
     def _source(self, j: int, entry: Mapping[str, tuple[str, ...]]) -> list[Check]:
@@ -272,7 +288,8 @@ class _RuleCompiler:
             vals = (entry.get(pos, ()), entry.get(neg, ()))
             if vals[0] or vals[1]:  # most fields are absent: build nothing for them
                 builder, validate = self._source_kind(pos)
-                checks += self._pair(label, path, (pos, neg), vals, validate, builder)
+                kind = (pos, *self._reads(pos == "principals", pos == "serviceAccounts"))
+                checks += self._pair(label, path, (pos, neg), vals, validate, builder, kind=kind)
         return checks
 
     def _source_kind(self, pos: str) -> tuple[Build, Validate | None]:
@@ -298,11 +315,16 @@ class _RuleCompiler:
         for pos, neg, builder, validate in _OPERATION_FIELDS:
             vals = (entry.get(pos, ()), entry.get(neg, ()))
             if vals[0] or vals[1]:
-                checks += self._pair(label, path, (pos, neg), vals, validate, builder)
+                checks += self._pair(
+                    label, path, (pos, neg), vals, validate, builder, kind=(pos,)
+                )
         return checks
 
     def _principals(self, values: list[str]) -> Matcher:
-        return _on_principal(principal_set)(expand_trust_domains(values, self.tds))
+        expanded = expand_trust_domains(values, self.tds)
+        if len(expanded) == 1 and "*" not in (expanded[0][:1], expanded[0][-1:]):
+            return _one_principal(SPIFFE + expanded[0])  # the common case, without a set
+        return _on_principal(principal_set)(expanded)
 
     def _condition(self, j: int, cond: ConditionSpec) -> list[Check]:
         label = f"when[{j}]"
@@ -338,7 +360,14 @@ class _RuleCompiler:
                 f"this {self.spec.action} rule never matches"
             )
         names = ("values", "notValues")
-        return self._pair(label, path, names, vals, validate, build, build_not)
+        reads = self._reads(key == "source.principal", key == "source.serviceAccount")
+        # connection.sni and request.headers build per action (see _condition_kind)
+        kind = ("when", key, *reads, self.spec.action == "ALLOW")
+        return self._pair(label, path, names, vals, validate, build, build_not, kind=kind)
+
+    def _reads(self, trust_domains: bool, namespace: bool) -> tuple[object, ...]:
+        """The tenant inputs a builder reads, for the key of what it builds."""
+        return (self.tds if trust_domains else None, self.doc.namespace if namespace else None)
 
     def _warn_sni(self, path: Path) -> None:
         where = f"{self.doc.location(path)}: {field_name(path)}"
@@ -366,6 +395,13 @@ def _negate(fn: Matcher) -> Matcher:
     return negated
 
 
+def _negated(build: Build) -> Build:
+    def build_negated(values: list[str]) -> Matcher:
+        return _negate(build(values))
+
+    return build_negated
+
+
 def _on_principal(make: Callable[[list[str]], StringSet]) -> Build:
     def build(values: list[str]) -> Matcher:
         matcher = make(values).test
@@ -377,6 +413,15 @@ def _on_principal(make: Callable[[list[str]], StringSet]) -> Build:
         return on_principal
 
     return build
+
+
+def _one_principal(uri: str) -> Matcher:
+    """What ``principal_set`` of one exact value tests, as one comparison."""
+
+    def one_principal(ctx: Ctx) -> bool:
+        return ctx.subject.principal == uri
+
+    return one_principal
 
 
 def _ip(get: Callable[[Ctx], object]) -> Build:
@@ -639,6 +684,74 @@ _OPERATION_FIELDS: Final[tuple[tuple[str, str, Build, Validate | None], ...]] = 
 )
 
 
+# -- sharing ----------------------------------------------------------------------------------
+
+
+class _Weak(Generic[_V]):
+    """key -> value, held weakly: an entry goes when its value is freed. (A lean
+    ``WeakValueDictionary``: a full load looks up every field of every policy.)"""
+
+    __slots__ = ("_refs",)
+
+    def __init__(self) -> None:
+        self._refs: dict[Hashable, weakref.KeyedRef[Hashable, _V]] = {}
+
+    def get(self, key: Hashable) -> _V | None:
+        ref = self._refs.get(key)
+        return None if ref is None else ref()
+
+    def put(self, key: Hashable, value: _V) -> _V:
+        self._refs[key] = weakref.KeyedRef(value, self._gone, key)
+        return value
+
+    def _gone(self, ref: weakref.KeyedRef[Hashable, _V]) -> None:
+        if self._refs.get(ref.key) is ref:
+            del self._refs[ref.key]
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+
+class _Shared:
+    """Checks and rule matchers already built, by what they were built from.
+
+    Values are held weakly: an entry lives as long as some compiled policy uses it, so
+    deleting or replacing tenants frees what only they used.
+    """
+
+    def __init__(self) -> None:
+        self.checks: _Weak[Check] = _Weak()
+        self.rules: _Weak[Matcher] = _Weak()
+
+    def check(self, label: str, key: tuple[Hashable, ...], build: Build, good: list[str]) -> Check:
+        """The Check ``label`` of the values ``good``, built by ``build`` if new. ``key``
+        names the builder and every other input it reads."""
+        full = (label, *key, *good)
+        check = self.checks.get(full)
+        if check is None:
+            check = self.checks.put(full, Check(sys.intern(label), build(good)))
+        return check
+
+    def rule(
+        self,
+        sources: tuple[tuple[Check, ...], ...],
+        operations: tuple[tuple[Check, ...], ...],
+        conditions: tuple[Check, ...],
+        dropped: bool,
+    ) -> Matcher:
+        """The matcher of a rule: the rule's own tuples of (shared) checks are the key."""
+        if dropped:
+            return _never
+        key = (sources, operations, conditions)
+        fn = self.rules.get(key)
+        if fn is None:
+            fn = self.rules.put(key, _rule_matcher(sources, operations, conditions, dropped))
+        return fn
+
+
+_SHARED: Final = _Shared()
+
+
 # -- the fast path ---------------------------------------------------------------------------
 
 
@@ -658,6 +771,9 @@ def _rule_matcher(
         src = ()
     if any(not entry for entry in ops):
         ops = ()
+
+    if len(ops) <= 1 and len(src) <= 1:  # the common shape: all of one flat list
+        return _all((*(ops[0] if ops else ()), *(src[0] if src else ()), *cond))
 
     # Cheapest first: operations (method, path, host, port), then sources, then conditions.
     def match(ctx: Ctx) -> bool:
@@ -685,3 +801,15 @@ def _rule_matcher(
         return True
 
     return match
+
+
+def _all(fns: tuple[Matcher, ...]) -> Matcher:
+    """A rule of at most one ``from`` and one ``to`` entry: every check holds, in order."""
+
+    def match_all(ctx: Ctx) -> bool:
+        for fn in fns:  # noqa: SIM110 - a generator would cost a frame per rule
+            if not fn(ctx):
+                return False
+        return True
+
+    return match_all
