@@ -1,4 +1,3 @@
-# ruff: noqa: E501 - the case table reads best one case per line
 """Every field of SEMANTICS.md through the gRPC interface: a match and a near miss each.
 
 One server serves one tenant per case (routed by host); each tenant has one ALLOW policy

@@ -6,7 +6,7 @@ import pytest
 
 from extauthz import response
 from extauthz.errors import Reason
-from extauthz.pipeline import Outcome
+from extauthz.outcome import Outcome
 from extauthz.policy import RuleRef, ShadowResult
 
 OUTCOMES = [

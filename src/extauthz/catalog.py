@@ -84,9 +84,7 @@ def compile_documents(
         custom=custom,
     )
     limits = parse_ratelimits(docs, custom, policies.space_delimited)
-    return CompiledTenant(
-        spec, version, policies, authenticator, now, custom, ratelimits=limits
-    )
+    return CompiledTenant(spec, version, policies, authenticator, now, custom, ratelimits=limits)
 
 
 def unavailable_tenant(

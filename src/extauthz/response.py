@@ -79,7 +79,7 @@ def build_response(outcome: Outcome, decision_id: str = "") -> external_auth_pb2
     is kept (``_Templates``) and copied; the copy serializes to the same bytes as a response
     built afresh (``decision_id`` keeps its place: the template holds it, empty).
     """
-    key = outcome[:8] + outcome[9:13] + outcome[14:]  # all but detail and jwt_cache_hit
+    key = outcome[:_DETAIL] + outcome[_DETAIL + 1 : _CACHE_HIT] + outcome[_CACHE_HIT + 1 :]
     template = _templates.get(key)
     if template is None:
         template = _build(outcome)
@@ -154,6 +154,11 @@ class _Templates:
         return self._bytes
 
 
+# The two Outcome fields a response never carries, left out of the template key.
+_DETAIL: Final = Outcome._fields.index("detail")
+_CACHE_HIT: Final = Outcome._fields.index("jwt_cache_hit")
+if not _DETAIL < _CACHE_HIT:  # the key's slices read them in this order
+    raise ImportError("Outcome.detail must come before Outcome.jwt_cache_hit")
 _templates: Final = _Templates(entries=4096, max_bytes=8 * 1024 * 1024, max_entry_bytes=16 * 1024)
 
 

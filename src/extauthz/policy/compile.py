@@ -315,9 +315,7 @@ class _RuleCompiler:
         for pos, neg, builder, validate in _OPERATION_FIELDS:
             vals = (entry.get(pos, ()), entry.get(neg, ()))
             if vals[0] or vals[1]:
-                checks += self._pair(
-                    label, path, (pos, neg), vals, validate, builder, kind=(pos,)
-                )
+                checks += self._pair(label, path, (pos, neg), vals, validate, builder, kind=(pos,))
         return checks
 
     def _principals(self, values: list[str]) -> Matcher:
