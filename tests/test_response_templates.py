@@ -57,10 +57,9 @@ def test_detail_and_cache_hit_do_not_change_the_response() -> None:
     """Outcomes differing only in detail or jwt_cache_hit get the same response."""
     base = OUTCOMES[2]
     other = base._replace(detail="another detail", jwt_cache_hit=True)
-    assert (
-        response.build_response(other, "d").SerializeToString(deterministic=True)
-        == response.build_response(base, "d").SerializeToString(deterministic=True)
-    )
+    assert response.build_response(other, "d").SerializeToString(
+        deterministic=True
+    ) == response.build_response(base, "d").SerializeToString(deterministic=True)
 
 
 def test_changing_a_returned_response_leaves_the_next_one_alone() -> None:
@@ -69,7 +68,9 @@ def test_changing_a_returned_response_leaves_the_next_one_alone() -> None:
     first = response.build_response(outcome, "a")
     first.ok_response.headers.add().header.key = "x-injected"
     first.dynamic_metadata.fields["decision"].string_value = "deny"
-    assert response.build_response(outcome, "b").SerializeToString(deterministic=True) == fresh(outcome, "b")
+    assert response.build_response(outcome, "b").SerializeToString(deterministic=True) == fresh(
+        outcome, "b"
+    )
 
 
 def test_invalid_header_is_refused_every_time() -> None:
