@@ -36,6 +36,22 @@ OUTCOMES = [
             False, Reason.POLICY_DENIED, "ns/dry", 1, RuleRef("ns/dry", 1), None, ()
         ),
     ),
+    Outcome(
+        True,
+        Reason.ALLOWED,
+        200,
+        tenant="t",
+        ratelimit="per-user/0",
+        client_headers=(("ratelimit", '"per-user/0";r=7;t=3'),),
+    ),
+    Outcome(
+        False,
+        Reason.RATE_LIMITED,
+        429,
+        tenant="t",
+        ratelimit="per-user/0",
+        client_headers=(("retry-after", "3"), ("ratelimit", '"per-user/0";r=0;t=3')),
+    ),
 ]
 
 
@@ -92,3 +108,28 @@ def test_kept_responses_are_bounded_in_entries_and_bytes() -> None:
     big = OUTCOMES[0]._replace(headers_to_add=(("x-claims", "x" * 1000),))
     templates.put(tuple(big), response._build(big))
     assert templates.get(tuple(big)) is None
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_rate_limit_headers_are_added_to_each_copy(allowed: bool) -> None:
+    """Outcomes differing only in their RateLimit headers share one kept response, and each
+    response carries its own headers."""
+    base = Outcome(
+        allowed,
+        Reason.ALLOWED if allowed else Reason.RATE_LIMITED,
+        200 if allowed else 429,
+        tenant="rl",
+        ratelimit="q/0",
+    )
+    kept = len(response._templates)
+    for remaining in range(5):
+        outcome = base._replace(client_headers=(("ratelimit", f'"q/0";r={remaining};t=9'),))
+        built = response.build_response(outcome, "d")
+        assert built.SerializeToString(deterministic=True) == fresh(outcome, "d")
+        headers = (
+            built.ok_response.response_headers_to_add if allowed else built.denied_response.headers
+        )
+        assert [h.header.value for h in headers if h.header.key == "ratelimit"] == [
+            f'"q/0";r={remaining};t=9'
+        ]
+    assert len(response._templates) == kept + 1

@@ -79,14 +79,16 @@ def build_response(outcome: Outcome, decision_id: str = "") -> external_auth_pb2
     is kept (``_Templates``) and copied; the copy serializes to the same bytes as a response
     built afresh (``decision_id`` keeps its place: the template holds it, empty).
     """
-    key = outcome[:_DETAIL] + outcome[_DETAIL + 1 : _CACHE_HIT] + outcome[_CACHE_HIT + 1 :]
+    key = outcome[:_DETAIL] + outcome[_DETAIL + 1 : _CACHE_HIT] + outcome[_CACHE_HIT + 1 : _CLIENT]
     template = _templates.get(key)
     if template is None:
-        template = _build(outcome)
+        template = _build(outcome._replace(client_headers=()))
         _templates.put(key, template)
     response = external_auth_pb2.CheckResponse()
     response.CopyFrom(template)
     response.dynamic_metadata.fields["decision_id"].string_value = decision_id
+    if outcome.client_headers:  # RateLimit headers: their counts change with every Check
+        _add_client_headers(response, outcome)
     return response
 
 
@@ -99,15 +101,22 @@ def _build(outcome: Outcome, decision_id: str = "") -> external_auth_pb2.CheckRe
         ok = response.ok_response
         _add_headers(ok.headers, outcome.headers_to_add)
         ok.headers_to_remove.extend(outcome.headers_to_remove)
-        if outcome.client_headers:  # to the client's response (RateLimit headers)
-            _add_headers(ok.response_headers_to_add, outcome.client_headers)
-        return response
-    status = outcome.status if outcome.status in _BODY else 403
-    response.MergeFrom(_DENIED[status])
-    response.status.message = str(outcome.reason)
+    else:
+        status = outcome.status if outcome.status in _BODY else 403
+        response.MergeFrom(_DENIED[status])
+        response.status.message = str(outcome.reason)
     if outcome.client_headers:
-        _add_headers(response.denied_response.headers, outcome.client_headers)
+        _add_client_headers(response, outcome)
     return response
+
+
+def _add_client_headers(response: external_auth_pb2.CheckResponse, outcome: Outcome) -> None:
+    """Headers for the client's response (RateLimit): added to the upstream's response on an
+    allow, sent with the denial otherwise."""
+    if outcome.allowed:
+        _add_headers(response.ok_response.response_headers_to_add, outcome.client_headers)
+    else:
+        _add_headers(response.denied_response.headers, outcome.client_headers)
 
 
 class _Templates:
@@ -154,11 +163,13 @@ class _Templates:
         return self._bytes
 
 
-# The two Outcome fields a response never carries, left out of the template key.
+# The two Outcome fields a response never carries, left out of the template key ...
 _DETAIL: Final = Outcome._fields.index("detail")
 _CACHE_HIT: Final = Outcome._fields.index("jwt_cache_hit")
-if not _DETAIL < _CACHE_HIT:  # the key's slices read them in this order
-    raise ImportError("Outcome.detail must come before Outcome.jwt_cache_hit")
+# ... and the one added to each copy (RateLimit headers change with every Check).
+_CLIENT: Final = Outcome._fields.index("client_headers")
+if not _DETAIL < _CACHE_HIT < _CLIENT:  # the key's slices read them in this order
+    raise ImportError("Outcome: detail, jwt_cache_hit, client_headers must keep their order")
 _templates: Final = _Templates(entries=4096, max_bytes=8 * 1024 * 1024, max_entry_bytes=16 * 1024)
 
 
