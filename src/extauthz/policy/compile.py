@@ -743,7 +743,7 @@ class _Shared:
         key = (sources, operations, conditions)
         fn = self.rules.get(key)
         if fn is None:
-            fn = self.rules.put(key, _rule_matcher(sources, operations, conditions, dropped))
+            fn = self.rules.put(key, _rule_matcher(sources, operations, conditions))
         return fn
 
 
@@ -757,10 +757,8 @@ def _rule_matcher(
     sources: tuple[tuple[Check, ...], ...],
     operations: tuple[tuple[Check, ...], ...],
     conditions: tuple[Check, ...],
-    dropped: bool,
 ) -> Matcher:
-    if dropped:
-        return _never
+    """One rule's matcher (a dropped rule never gets here: ``_Shared.rule`` gives it _never)."""
     src = tuple(tuple(c.fn for c in entry) for entry in sources)
     ops = tuple(tuple(c.fn for c in entry) for entry in operations)
     cond = tuple(c.fn for c in conditions)
