@@ -29,6 +29,7 @@ from extauthz.envoyconfig import EnvoyOptions, HostPort, TlsFiles
 from extauthz.model import Subject
 from extauthz.pathnorm import PathNormalization, normalize_path
 from extauthz.policy import compile_policies, evaluate
+from tests.envoy_support import EnvoyProcess, echo_upstream
 from tests.helpers import (
     ServerProcess,
     check_request,
@@ -40,7 +41,6 @@ from tests.helpers import (
     wait_for,
 )
 from tests.pki import Issued, TestCA
-from tests.test_e2e_envoy import EnvoyProcess, echo_upstream
 
 pytestmark = pytest.mark.envoy
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.envoy_support import EnvoyProcess, echo_upstream, running_envoy, send
 from tests.helpers import ServerProcess, serving
-from tests.test_e2e_envoy import EnvoyProcess, echo_upstream, running_envoy, send
 
 pytestmark = pytest.mark.envoy
 
