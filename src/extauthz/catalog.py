@@ -8,7 +8,7 @@ serves.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from extauthz.authn import Authenticator, JwksCache
@@ -28,7 +28,13 @@ from extauthz.tenancy import (
     tenant_of,
 )
 
-__all__ = ["CompiledTenant", "compile_documents", "compile_tenant", "unavailable_tenant"]
+__all__ = [
+    "CompiledTenant",
+    "DeferredSource",
+    "compile_documents",
+    "compile_tenant",
+    "unavailable_tenant",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,22 @@ class CompiledTenant:
     @property
     def warnings(self) -> tuple[str, ...]:
         return self.spec.warnings + self.policies.warnings
+
+
+@dataclass(frozen=True, slots=True)
+class DeferredSource:
+    """A tenant known by its routes, whose documents are decoded and compiled later (on its
+    first Check, or in the background after a full load): a store hands these over when
+    reading a record costs far less than decoding it.
+
+    ``routes`` is what the record says the tenant routes (its name and match); ``decode``
+    gives the documents (raising DocumentError for a record that does not decode).
+    """
+
+    tenant: str
+    version: str
+    routes: TenantSpec
+    decode: Callable[[], TenantSource]
 
 
 def compile_documents(
