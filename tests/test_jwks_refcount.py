@@ -74,3 +74,25 @@ def test_failed_update_keeps_the_uris_of_the_version_served() -> None:
     registry.update("a", bad)
     assert registry.stats.rejected == 1
     assert cache.tracked == {A}
+
+
+def test_tenants_without_jwt_rules_share_one_authenticator() -> None:
+    """A tenant without jwtRules gets the one rule-less authenticator of its JWKS cache (it
+    holds nothing of a tenant); a tenant with rules has its own (and its own token cache)."""
+    cache = JwksCache()
+    registry = Registry(cache)
+    registry.replace_all(
+        {
+            "a": tenant("a", "a.test"),
+            "b": tenant("b", "b.test"),
+            "c": tenant("c", "c.test", A),
+            "d": tenant("d", "d.test", A),
+        }
+    )
+    t = registry.snapshot.tenants
+    assert t["a"].authenticator is t["b"].authenticator
+    assert t["a"].authenticator.rules == ()
+    assert t["c"].authenticator is not t["d"].authenticator
+    other = Registry(JwksCache())
+    other.replace_all({"a": tenant("a", "a.test")})
+    assert other.snapshot.tenants["a"].authenticator is not t["a"].authenticator
