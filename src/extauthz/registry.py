@@ -359,7 +359,9 @@ class Registry:
     def _compile_deferred(self, name: str) -> CompiledTenant:
         """Compile the deferred tenant ``name`` now and serve it (the table's resolver)."""
         table = self.snapshot.tenants
-        deferred = table.pending[name]
+        deferred = table.pending.get(name)
+        if deferred is None:  # asked through a table a full load has replaced since
+            return table[name]
         compiled = self._load(deferred, None, deferred.routes)
         try:
             self._install(name, compiled)

@@ -1,9 +1,11 @@
 """The Redis store: load every tenant, then follow the change channel; resync on reconnect.
 
 One session, top to bottom: SUBSCRIBE to the change channel first (so nothing published
-during the load is missed), then load (the first time: everything, ``Sink.replace_all``;
-after a reconnect: compare every tenant's version with the one held and fetch only those
-that differ), then apply notifications as they arrive, a batch at a time. Any Redis error
+during the load is missed), then load (the first time: everything, ``Sink.replace_all``,
+each record checked and routed but its documents decoded only when the sink compiles the
+tenant, on its first Check or in the background (``Sink.settle``); after a reconnect:
+compare every tenant's version with the one held and fetch only those that differ), then
+apply notifications as they arrive, a batch at a time. Any Redis error
 ends the session: the sink is told it is disconnected (Checks keep being decided from
 memory) and a new session starts after a backoff. Checks never call Redis.
 
