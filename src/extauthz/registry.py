@@ -34,6 +34,7 @@ import structlog
 from extauthz.authn import JwksCache
 from extauthz.catalog import CompiledTenant, DeferredSource, compile_tenant, unavailable_tenant
 from extauthz.errors import Reason
+from extauthz.memtrim import trim
 from extauthz.model import RequestView
 from extauthz.sources import TenantSource
 from extauthz.tenancy import TenantConflict, TenantRouter, TenantSpec, check_tenant_name
@@ -213,6 +214,7 @@ class Registry:
                 gc.enable()
         self._swap_all(self._resolve_conflicts(entries, old))
         gc.freeze()
+        trim()  # what the load decoded and freed
         self.stats.loads += 1
         self.ready = True
         log.info("policies loaded", tenants=len(self.snapshot.tenants), deferred=self.pending)
@@ -309,6 +311,7 @@ class Registry:
                     of=total,
                     elapsed=round(now - start, 1),
                 )
+        trim()  # the documents decoded and freed tenant by tenant
         log.info(
             "tenants compiled",
             tenants=total,
