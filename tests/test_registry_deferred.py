@@ -8,6 +8,7 @@ otherwise than its record said is routed by its documents from then on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -163,3 +164,26 @@ async def test_settle_compiles_every_deferred_tenant() -> None:
     assert registry.snapshot.tenants["zz"].unavailable
     assert registry.snapshot.tenants["t7"].policies.policy_names == ("t7/p",)
     assert all(isinstance(t.decode, Decoder) and t.decode.calls == 1 for t in good)
+
+
+async def test_settle_yields_to_the_event_loop_between_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between two slices of compiling, other work runs (Checks, notifications): with slices
+    of one tenant, a task running alongside sees each tenant compiled in turn."""
+    monkeypatch.setattr("extauthz.registry.SLICE_SECONDS", 0.0)
+    tenants = [deferred(f"t{i}", SHOP.replace("shop", f"t{i}"), (f"t{i}.test",)) for i in range(5)]
+    registry = loaded(*tenants)
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while registry.pending:
+            seen.append(registry.pending)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)  # the watcher sees the load before any compile
+    await registry.settle()
+    await watcher
+    assert seen[0] == 5
+    assert sorted(set(seen), reverse=True) == [5, 4, 3, 2, 1]

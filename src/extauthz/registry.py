@@ -293,10 +293,12 @@ class Registry:
             gc.disable()  # as in replace_all; what a slice compiled is frozen after it
             try:
                 deadline = time.monotonic() + SLICE_SECONDS
-                while names and time.monotonic() < deadline:
+                while names:  # at least one tenant a slice
                     name = names.pop()
                     if name in table.pending:
                         table.get(name)
+                    if time.monotonic() >= deadline:
+                        break
             finally:
                 gc.freeze()
                 if collecting:
