@@ -8,8 +8,10 @@ serves.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from extauthz.authn import Authenticator, JwksCache
 from extauthz.datasets import parse_datasets
@@ -28,7 +30,13 @@ from extauthz.tenancy import (
     tenant_of,
 )
 
-__all__ = ["CompiledTenant", "compile_documents", "compile_tenant", "unavailable_tenant"]
+__all__ = [
+    "CompiledTenant",
+    "DeferredSource",
+    "compile_documents",
+    "compile_tenant",
+    "unavailable_tenant",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,22 @@ class CompiledTenant:
         return self.spec.warnings + self.policies.warnings
 
 
+@dataclass(frozen=True, slots=True)
+class DeferredSource:
+    """A tenant known by its routes, whose documents are decoded and compiled later (on its
+    first Check, or in the background after a full load): a store hands these over when
+    reading a record costs far less than decoding it.
+
+    ``routes`` is what the record says the tenant routes (its name and match); ``decode``
+    gives the documents (raising DocumentError for a record that does not decode).
+    """
+
+    tenant: str
+    version: str
+    routes: TenantSpec
+    decode: Callable[[], TenantSource]
+
+
 def compile_documents(
     tenant: str, docs: Sequence[Document], jwks: JwksCache, *, version: str = "", now: float = 0.0
 ) -> CompiledTenant:
@@ -75,7 +99,7 @@ def compile_documents(
     check_document_names(docs)
     tenant_docs = [d for d in docs if d.kind == KIND_TENANT]
     spec = parse_tenant(tenant_docs[0]) if tenant_docs else implicit_tenant(tenant)
-    authenticator = Authenticator(spec.jwt_rules, jwks)
+    authenticator = Authenticator(spec.jwt_rules, jwks) if spec.jwt_rules else _no_jwt(jwks)
     custom = CustomContext(tenant, spec.time_zone, parse_datasets(docs))
     policies = compile_policies(
         [d for d in docs if d.kind not in (KIND_TENANT, KIND_DATASET, KIND_RATELIMIT)],
@@ -106,10 +130,23 @@ def unavailable_tenant(
         spec,
         version,
         compile_policies(()),
-        Authenticator((), jwks),
+        _no_jwt(jwks),
         now,
         unavailable=str(error) or "failed",
     )
+
+
+# The authenticator of a tenant without jwtRules, one per JWKS cache: it holds no keys and
+# never reaches its token cache (no rule, no token is verified), so sharing it is sharing
+# nothing (about 650 bytes a tenant).
+_NO_JWT: Final[weakref.WeakKeyDictionary[JwksCache, Authenticator]] = weakref.WeakKeyDictionary()
+
+
+def _no_jwt(jwks: JwksCache) -> Authenticator:
+    authenticator = _NO_JWT.get(jwks)
+    if authenticator is None:
+        authenticator = _NO_JWT[jwks] = Authenticator((), jwks)
+    return authenticator
 
 
 def _routes_of(tenant: str, docs: Sequence[Document]) -> TenantSpec:

@@ -405,7 +405,7 @@ class Telemetry:
         return [] if self._registry is None else [Observation(int(self._registry.ready))]
 
     def _tenants(self) -> list[tuple[str, CompiledTenant]]:
-        return [] if self._registry is None else sorted(self._registry.snapshot.tenants.items())
+        return [] if self._registry is None else self._registry.compiled_tenants()
 
 
 def span_attributes(

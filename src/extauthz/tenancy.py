@@ -24,6 +24,7 @@ that matches its destination namespace, as an Istio policy applies to its own na
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -261,45 +262,96 @@ class Route(NamedTuple):
 
 
 class TenantRouter:
-    """Picks the tenant of a request. Built once per snapshot; lookups are dict hits."""
+    """Picks the tenant of a request; lookups are dict hits.
 
-    def __init__(self, specs: Iterable[TenantSpec]) -> None:
+    Built from a set of specs (``TenantRouter(specs)`` raises TenantConflict when two claim
+    the same requests), then changed one tenant at a time: ``put`` (add or change a tenant's
+    routes) and ``discard`` cost O(that tenant's routes), and leave the router exactly as a
+    new one built from the same specs would be. ``put`` refuses a conflicting spec before
+    changing anything. Lists whose order decides (one host claimed with different headers,
+    headers-only tenants) are kept in name order, as a build in name order makes them.
+    """
+
+    def __init__(self, specs: Iterable[TenantSpec] = ()) -> None:
+        self._specs: dict[str, TenantSpec] = {}
+        self._claims: dict[tuple[Any, ...], str] = {}  # what a spec claims -> its tenant
         self._namespace: dict[str, TenantSpec] = {}
         self._exact: dict[str, list[TenantSpec]] = {}
-        self._wildcard: list[tuple[str, TenantSpec]] = []
+        # "*.example.com" -> under ".example.com": a host's suffixes at each dot, longest first
+        self._wildcard: dict[str, list[TenantSpec]] = {}
         self._headers_only: list[TenantSpec] = []
         self._catch_all: TenantSpec | None = None
-        claims: dict[tuple[Any, ...], str] = {}
-
-        def claim(key: tuple[Any, ...], spec: TenantSpec) -> None:
-            other = claims.setdefault(key, spec.name)
-            if other != spec.name:
-                raise TenantConflict(
-                    f"tenants {other!r} and {spec.name!r} both match {key[0]}={key[1]!r}"
-                )
-
         for spec in sorted(specs, key=lambda s: s.name):
-            m = spec.match
-            if m.destination_namespaces:
-                # A namespace has one owner, whatever its hosts and headers: what the client
-                # sends must not choose between two tenants of one workload.
-                for ns in sorted(m.destination_namespaces):
-                    claim(("destinationNamespace", ns), spec)
-                    self._namespace[ns] = spec
-            elif m.catch_all:
-                claim(("match", "{}"), spec)
-                self._catch_all = spec
-            elif m.hosts:
-                for host in m.hosts:
-                    claim(("host", host, m.headers), spec)
-                    if host.startswith("*."):
-                        self._wildcard.append((host[1:], spec))
-                    else:
-                        self._exact.setdefault(host, []).append(spec)
-            else:
-                claim(("headers", m.headers), spec)
-                self._headers_only.append(spec)
-        self._wildcard.sort(key=lambda item: -len(item[0]))
+            self.put(spec)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def get(self, name: str) -> TenantSpec | None:
+        """The spec ``name`` is routed by, if any."""
+        return self._specs.get(name)
+
+    def conflict(self, spec: TenantSpec) -> TenantConflict | None:
+        """Why ``spec`` (replacing the routes of its tenant, if any) cannot be routed along
+        the others, or None."""
+        for key in _claims_of(spec):
+            other = self._claims.get(key)
+            if other is not None and other != spec.name:
+                return TenantConflict(
+                    f"tenants {min(other, spec.name)!r} and {max(other, spec.name)!r} "
+                    f"both match {key[0]}={key[1]!r}"
+                )
+        return None
+
+    def put(self, spec: TenantSpec) -> None:
+        """Route ``spec.name`` by ``spec`` (in place of its routes so far). Raises
+        TenantConflict, changing nothing, when another tenant claims the same requests."""
+        conflict = self.conflict(spec)
+        if conflict is not None:
+            raise conflict
+        self.discard(spec.name)
+        self._specs[spec.name] = spec
+        for key in _claims_of(spec):
+            self._claims[key] = spec.name
+        m = spec.match
+        if m.destination_namespaces:
+            for ns in m.destination_namespaces:
+                self._namespace[ns] = spec
+        elif m.catch_all:
+            self._catch_all = spec
+        elif m.hosts:
+            for host in m.hosts:
+                if host.startswith("*."):
+                    _insort(self._wildcard.setdefault(host[1:], []), spec)
+                else:
+                    _insort(self._exact.setdefault(host, []), spec)
+        else:
+            _insort(self._headers_only, spec)
+
+    def discard(self, name: str) -> None:
+        """Stop routing to ``name`` (nothing if it has no routes)."""
+        spec = self._specs.pop(name, None)
+        if spec is None:
+            return
+        for key in _claims_of(spec):
+            if self._claims.get(key) == name:
+                del self._claims[key]
+        m = spec.match
+        if m.destination_namespaces:
+            for ns in m.destination_namespaces:
+                if self._namespace.get(ns) is spec:
+                    del self._namespace[ns]
+        elif m.catch_all:
+            if self._catch_all is spec:
+                self._catch_all = None
+        elif m.hosts:
+            for host in m.hosts:
+                if host.startswith("*."):
+                    _remove(self._wildcard, host[1:], spec)
+                else:
+                    _remove(self._exact, host, spec)
+        else:
+            self._headers_only.remove(spec)
 
     def route(self, authority: str, dest_ns: str | None, headers: Mapping[str, str]) -> Route:
         if dest_ns is not None:
@@ -318,12 +370,46 @@ class TenantRouter:
     def _candidates(self, host: str) -> Iterable[TenantSpec]:
         """Tenants that own no namespace, most specific first."""
         yield from self._exact.get(host, ())
-        for suffix, spec in self._wildcard:
-            if host.endswith(suffix) and len(host) > len(suffix):
-                yield spec
+        if self._wildcard:
+            # Each suffix of the host that starts at a dot and leaves a label before it,
+            # longest first: the wildcards that match, most specific first.
+            dot = host.find(".", 1)
+            while dot > 0:
+                yield from self._wildcard.get(host[dot:], ())
+                dot = host.find(".", dot + 1)
         yield from self._headers_only
         if self._catch_all is not None:
             yield self._catch_all
+
+
+def _claims_of(spec: TenantSpec) -> list[tuple[Any, ...]]:
+    """What a spec claims: two tenants claiming one key are a conflict."""
+    m = spec.match
+    if m.destination_namespaces:
+        # A namespace has one owner, whatever its hosts and headers: what the client sends
+        # must not choose between two tenants of one workload.
+        return [("destinationNamespace", ns) for ns in sorted(m.destination_namespaces)]
+    if m.catch_all:
+        return [("match", "{}")]
+    if m.hosts:
+        return [("host", host, m.headers) for host in m.hosts]
+    return [("headers", m.headers)]
+
+
+def _insort(specs: list[TenantSpec], spec: TenantSpec) -> None:
+    bisect.insort(specs, spec, key=_name)
+
+
+def _remove(table: dict[str, list[TenantSpec]], key: str, spec: TenantSpec) -> None:
+    specs = table.get(key)
+    if specs is not None and spec in specs:
+        specs.remove(spec)
+        if not specs:
+            del table[key]
+
+
+def _name(spec: TenantSpec) -> str:
+    return spec.name
 
 
 # Normalized hosts, by their text: a few hosts make nearly every request. Bounded, so varied

@@ -13,8 +13,9 @@ the socket down when it passes, so a server that drips a byte at a time cannot h
 thread. The host is resolved and every address checked before connecting (and only the
 checked addresses are connected to): loopback, private, link-local (cloud metadata),
 shared, reserved and multicast addresses are refused unless ``allow_private``. URIs are
-logged without userinfo or query (``safe_uri``). ``retain`` stops fetching the URIs no
-tenant uses any more and forgets their keys.
+logged without userinfo or query (``safe_uri``). Each URI is counted by the tenants using it
+(``acquire``/``release``, the cost of one tenant's URIs): the last release stops fetching it and
+forgets its keys. ``track`` (held until ``retain`` leaves it out) is the uncounted form.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class JwksCache:
         self._ssl = ssl.create_default_context(cafile=ca_file)
         self._keys: dict[str, Mapping[str, Key]] = {}
         self._timeouts: dict[str, float] = {}
+        self._users: dict[str, int] = {}  # URI -> how many acquire()s hold it
         self._wake: dict[str, asyncio.Event] = {}
         self._pending: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -113,18 +115,42 @@ class JwksCache:
             if new and self._loop is not None and not self._closed:
                 self._spawn(uri)
 
+    def acquire(self, timeouts: Mapping[str, float]) -> None:
+        """One more user (a tenant) of each URI, with its fetch deadline: a URI not tracked
+        yet starts being fetched; a tracked one takes the new timeout from its next fetch."""
+        if timeouts:
+            self.track(timeouts)
+            for uri in timeouts:
+                self._users[uri] = self._users.get(uri, 0) + 1
+
+    def release(self, uris: Iterable[str]) -> None:
+        """One user fewer of each URI (each one acquired before); a URI nobody uses any more
+        stops being fetched and its keys are forgotten."""
+        for uri in uris:
+            left = self._users.get(uri, 0) - 1
+            if left > 0:
+                self._users[uri] = left
+            else:
+                self._users.pop(uri, None)
+                self._untrack(uri)
+
     def retain(self, uris: Iterable[str]) -> None:
         """Stop fetching every tracked URI not in ``uris`` and forget its keys."""
         keep = frozenset(uris)
         for uri in [u for u in self._timeouts if u not in keep]:
-            del self._timeouts[uri]
-            self._keys.pop(uri, None)
-            self._wake.pop(uri, None)
-            self._pending.discard(uri)
-            task = self._tasks.pop(uri, None)
-            if task is not None:
-                task.cancel()
-            log.info("jwks untracked", extra={"jwks_uri": safe_uri(uri)})
+            self._users.pop(uri, None)
+            self._untrack(uri)
+
+    def _untrack(self, uri: str) -> None:
+        if self._timeouts.pop(uri, None) is None:
+            return
+        self._keys.pop(uri, None)
+        self._wake.pop(uri, None)
+        self._pending.discard(uri)
+        task = self._tasks.pop(uri, None)
+        if task is not None:
+            task.cancel()
+        log.info("jwks untracked", extra={"jwks_uri": safe_uri(uri)})
 
     @property
     def tracked(self) -> frozenset[str]:

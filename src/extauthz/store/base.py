@@ -12,6 +12,7 @@ import abc
 from collections.abc import Mapping
 from typing import Protocol
 
+from extauthz.catalog import DeferredSource
 from extauthz.sources import TenantSource
 from extauthz.tenancy import TenantSpec
 
@@ -21,8 +22,12 @@ __all__ = ["Sink", "Store"]
 class Sink(Protocol):
     """What a store reports to (the registry)."""
 
-    def replace_all(self, sources: Mapping[str, TenantSource]) -> None:
-        """A full load: these are all the tenants there are (others are gone)."""
+    def replace_all(self, sources: Mapping[str, TenantSource | DeferredSource]) -> None:
+        """A full load: these are all the tenants there are (others are gone). A deferred
+        source is routed now and compiled on its first use or by ``settle``."""
+
+    async def settle(self) -> None:
+        """Compile what the last full load deferred, yielding to the event loop as it goes."""
 
     def update(self, tenant: str, source: TenantSource | None) -> None:
         """One tenant changed (None: deleted)."""

@@ -1,9 +1,11 @@
 """The Redis store: load every tenant, then follow the change channel; resync on reconnect.
 
 One session, top to bottom: SUBSCRIBE to the change channel first (so nothing published
-during the load is missed), then load (the first time: everything, ``Sink.replace_all``;
-after a reconnect: compare every tenant's version with the one held and fetch only those
-that differ), then apply notifications as they arrive, a batch at a time. Any Redis error
+during the load is missed), then load (the first time: everything, ``Sink.replace_all``,
+each record checked and routed but its documents decoded only when the sink compiles the
+tenant, on its first Check or in the background (``Sink.settle``); after a reconnect:
+compare every tenant's version with the one held and fetch only those that differ), then
+apply notifications as they arrive, a batch at a time. Any Redis error
 ends the session: the sink is told it is disconnected (Checks keep being decided from
 memory) and a new session starts after a backoff. Checks never call Redis.
 
@@ -24,17 +26,19 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from typing import Any, Final
 
 import structlog
 from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
+from extauthz.catalog import DeferredSource
 from extauthz.errors import DocumentError, Location
 from extauthz.sources import TenantSource
 from extauthz.store.base import Sink, Store
 from extauthz.store.redis_client import Client, connect, display_target, parse_url
+from extauthz.store.redis_deferred import read_record
 from extauthz.store.redis_model import RECORD_FIELDS, Record, Rejected, TenantRepo, chunks
 from extauthz.tenancy import check_tenant_name
 
@@ -63,37 +67,6 @@ class Backoff:
         self.attempt = 0
 
 
-class _Deferred(Mapping[str, TenantSource]):
-    """The sources of a full load, decoded only when the sink asks for each one.
-
-    Each record was decoded once to validate it; only its raw reply is kept, so the load
-    holds every tenant's JSON text (a few KB) rather than every tenant's parsed documents
-    next to the compiled ones. Decoding again cannot fail: it is the same input.
-    """
-
-    def __init__(self, repo: TenantRepo) -> None:
-        self._repo = repo
-        self._raw: dict[str, Any] = {}
-
-    def keep(self, tenant: str, value: Any) -> None:
-        self._raw[tenant] = value
-
-    def __getitem__(self, tenant: str) -> TenantSource:
-        record = self._repo.decode(tenant, self._raw[tenant])
-        if not isinstance(record, Record) or record.source is None:
-            raise KeyError(tenant)
-        return record.source
-
-    def __contains__(self, tenant: object) -> bool:
-        return tenant in self._raw
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._raw)
-
-    def __len__(self) -> int:
-        return len(self._raw)
-
-
 class RedisStore(Store):
     """Tenant documents from Redis (see docs/redis.md for keys and guarantees)."""
 
@@ -112,6 +85,7 @@ class RedisStore(Store):
         self._refused: dict[str, int] = {}  # tenant -> the lower version last reported
         self._down_since: float | None = None
         self._last_down_log = 0.0
+        self._settling: asyncio.Task[None] | None = None  # compiling what the load deferred
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -120,15 +94,20 @@ class RedisStore(Store):
 
     async def run(self, sink: Sink) -> None:
         backoff = Backoff()
-        while True:
-            try:
-                await self._session(sink, backoff)
-            except (RedisError, OSError) as exc:
-                self._disconnected(sink, exc)
-            except Exception as exc:  # a client bug must not stop updates for good
-                log.exception("redis store session failed", error=repr(exc))
-                self._disconnected(sink, exc)
-            await asyncio.sleep(backoff.next())
+        try:
+            while True:
+                try:
+                    await self._session(sink, backoff)
+                except (RedisError, OSError) as exc:
+                    self._disconnected(sink, exc)
+                except Exception as exc:  # a client bug must not stop updates for good
+                    log.exception("redis store session failed", error=repr(exc))
+                    self._disconnected(sink, exc)
+                await asyncio.sleep(backoff.next())
+        finally:
+            if self._settling is not None:
+                self._settling.cancel()
+                await asyncio.gather(self._settling, return_exceptions=True)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -169,22 +148,26 @@ class RedisStore(Store):
         return tenant if check_tenant_name(tenant) else None
 
     async def _full_load(self, sink: Sink) -> None:
+        """Read and check every record, hand them over (``replace_all``: the sink routes them
+        and compiles each on first use), then compile the rest in the background (``settle``,
+        which needs no Redis: it goes on through reconnects)."""
         start = time.monotonic()
         last = start
-        sources = _Deferred(self.repo)
+        sources: dict[str, TenantSource | DeferredSource] = {}
         count = 0
         async for batch in self.repo.tenants():
             values = await self.repo.hmget_many(batch, RECORD_FIELDS)
             for tenant, value in zip(batch, values, strict=True):
                 count += 1
-                record = self.repo.decode(tenant, value)
-                if isinstance(record, Rejected):
-                    self._reject(sink, record)
-                elif record is not None:
-                    self._seen[tenant] = str(record.version)
-                    self._high[tenant] = record.version
-                    if record.source is not None:
-                        sources.keep(tenant, value)
+                read = read_record(self.repo, tenant, value)
+                if isinstance(read, Rejected):
+                    self._reject(sink, read)
+                elif read is not None:
+                    version, source = read
+                    self._seen[tenant] = str(version)
+                    self._high[tenant] = version
+                    if source is not None:
+                        sources[tenant] = source
             now = time.monotonic()
             if now - last >= PROGRESS_EVERY:
                 last = now
@@ -201,6 +184,13 @@ class RedisStore(Store):
             compile_seconds=round(time.monotonic() - fetched, 2),
             where=self.where,
         )
+        self._settling = asyncio.create_task(self._settle(sink), name="compile tenants")
+
+    async def _settle(self, sink: Sink) -> None:
+        try:
+            await sink.settle()
+        except Exception as exc:  # what is left compiles on first use
+            log.exception("background compile failed", error=repr(exc))
 
     async def _resync(self, sink: Sink) -> None:
         """After a reconnect: fetch only the tenants whose version moved."""

@@ -40,6 +40,8 @@ __all__ = [
     "Rejected",
     "TenantRepo",
     "WriteResult",
+    "check_record",
+    "decode_documents",
     "decode_record",
     "encode_documents",
     "match_json",
@@ -172,6 +174,16 @@ def decode_documents(text: str, source: str) -> list[Document]:
 
 def decode_record(tenant: str, key: str, values: Sequence[Any]) -> Record:
     """HMGET ``RECORD_FIELDS`` -> Record. Raises DocumentError for anything malformed."""
+    version, documents = check_record(key, values)
+    if documents is None:
+        return Record(tenant, version, None)
+    docs = decode_documents(documents, f"redis:{key}@{version}")
+    return Record(tenant, version, TenantSource(tenant, str(version), tuple(docs)))
+
+
+def check_record(key: str, values: Sequence[Any]) -> tuple[int, str | None]:
+    """A record's version and documents text (None: a tombstone), checked (version, whole,
+    digest) but not decoded. Raises DocumentError."""
     raw_version, deleted, digest, documents = (_text(v) for v in values[:4])
     where = Location(f"redis:{key}")
     if raw_version is None:
@@ -182,7 +194,7 @@ def decode_record(tenant: str, key: str, values: Sequence[Any]) -> Record:
         raise DocumentError(f"version {raw_version!r} is not an integer", location=where) from None
     source = f"redis:{key}@{version}"
     if deleted == "1":
-        return Record(tenant, version, None)
+        return version, None
     if documents is None or digest is None:
         raise DocumentError("record is incomplete (half-written?)", location=Location(source))
     if hashlib.sha256(documents.encode()).hexdigest() != digest:
@@ -190,8 +202,7 @@ def decode_record(tenant: str, key: str, values: Sequence[Any]) -> Record:
             "documents do not match their digest (changed outside extauthz or cut short)",
             location=Location(source),
         )
-    docs = decode_documents(documents, source)
-    return Record(tenant, version, TenantSource(tenant, str(version), tuple(docs)))
+    return version, documents
 
 
 def match_json(spec: TenantSpec) -> str:
