@@ -40,7 +40,8 @@ local function replace(sets, set, log, staging, name, mode, keep, channel, tenan
     return {name, 'applied', bump(sets, log, name, '*', keep, channel, tenant), 0}
   end
   local size = redis.call('SCARD', staging)
-  if raw and size <= 10000 and size == redis.call('SCARD', set)
+  -- pcall: a set key of the wrong type is replaced, not a reason to fail
+  if raw and size <= 10000 and size == redis.pcall('SCARD', set)
      and (size == 0 or redis.call('SINTERCARD', 2, staging, set) == size) then
     redis.call('UNLINK', staging)
     return {name, 'unchanged', tonumber(raw), size}
