@@ -9,7 +9,7 @@ import pytest
 
 from extauthz.authn import JwksCache
 from extauthz.catalog import CompiledTenant, compile_documents
-from extauthz.datasets import DataSets, LiveSet
+from extauthz.datasets import DataSets, ShardedSet
 from extauthz.documents import load_documents
 from extauthz.errors import DocumentError, Reason
 from extauthz.model import Subject
@@ -441,7 +441,7 @@ def test_live_set_changes_are_seen_without_a_recompile() -> None:
     data = DataSets(live=True)
     t = live_tenant(when("extauthz.io/cel", 'data.contains("revoked-jti", auth.claims.jti)'), data)
     assert not allowed(t, claims={"jti": "a1"})  # not loaded yet: fail closed
-    data.put("revoked-jti", LiveSet())
+    data.put("revoked-jti", ShardedSet())
     assert allowed(t, claims={"jti": "a1"})
     data.change("revoked-jti", ["a1", "b2"], [])
     assert not allowed(t, claims={"jti": "a1"})
@@ -467,10 +467,22 @@ def test_live_set_read_as_a_list_fails_closed_past_the_limit() -> None:
 
 def test_live_set_shards_hold_every_value() -> None:
     """A live set split into shards answers for every value it holds, and only those."""
-    values = LiveSet(100_000)
+    values = ShardedSet(100_000)
     values.add_all(f"v{i}" for i in range(100_000))
     assert len(values.shards) > 1
     assert len(values) == 100_000
     assert all(f"v{i}" in values for i in range(0, 100_000, 997))
     assert "v100000" not in values
     assert 7 not in values
+
+
+def test_live_set_is_not_walked_by_the_garbage_collector() -> None:
+    """A live set of strings is invisible to the cyclic collector (no pause per value)."""
+    import gc
+
+    values = ShardedSet(50_000)
+    values.add_all(f"v{i}" for i in range(50_000))
+    values.discard_all(["v1", "v2"])
+    assert not any(gc.is_tracked(shard) for shard in values.shards)
+    assert "v3" in values
+    assert "v1" not in values

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from extauthz.authn import Authenticator, JwksCache
-from extauthz.datasets import DataSets, parse_datasets
+from extauthz.datasets import DataSets, ShardedSet, parse_datasets
 from extauthz.documents import KIND_DATASET, KIND_RATELIMIT, KIND_TENANT, Document
 from extauthz.errors import DocumentError, Location
 from extauthz.policy import CompiledPolicies, compile_policies
@@ -87,7 +87,7 @@ def compile_documents(
     authenticator = Authenticator(spec.jwt_rules, jwks)
     if data is None:
         sets = parse_datasets(docs)
-        data = DataSets({name: values or frozenset() for name, values in sets.items()})
+        data = DataSets({name: ShardedSet.of(values or ()) for name, values in sets.items()})
     else:
         for doc in docs:
             if doc.kind == KIND_DATASET:

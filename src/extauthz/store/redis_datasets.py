@@ -32,7 +32,7 @@ from typing import Any, Final
 import structlog
 from redis.exceptions import ResponseError
 
-from extauthz.datasets import MAX_VALUE_BYTES, DataSets, LiveSet, value_error
+from extauthz.datasets import MAX_VALUE_BYTES, DataSets, ShardedSet, value_error
 from extauthz.errors import DocumentError, Location
 from extauthz.store.base import Sink
 from extauthz.store.redis_model import as_text
@@ -152,8 +152,8 @@ class DataSetFollower:
             set=name,
         )
 
-    async def _scan(self, tenant: str, name: str, size: int) -> LiveSet:
-        values = LiveSet(size)
+    async def _scan(self, tenant: str, name: str, size: int) -> ShardedSet:
+        values = ShardedSet(size)
         try:
             async for chunk in self.repo.scan(tenant, name):
                 if any(len(raw) > MAX_VALUE_BYTES for raw in chunk):
@@ -231,7 +231,7 @@ def _deltas(entries: list[Any], count: int) -> list[Delta] | None:
 
 async def _release(old: Set[str] | None) -> None:
     """Free a replaced set a shard at a time, so freeing a million values is no one pause."""
-    if isinstance(old, LiveSet):
+    if isinstance(old, ShardedSet):
         while old.shards:
             old.shards.pop()
             await asyncio.sleep(0)
