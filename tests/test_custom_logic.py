@@ -9,7 +9,7 @@ import pytest
 
 from extauthz.authn import JwksCache
 from extauthz.catalog import CompiledTenant, compile_documents
-from extauthz.datasets import DataSets, ShardedSet
+from extauthz.datasets import DataSets, ShardedSet, ShardedSetBuilder
 from extauthz.documents import load_documents
 from extauthz.errors import DocumentError, Reason
 from extauthz.model import Subject
@@ -466,9 +466,13 @@ def test_live_set_read_as_a_list_fails_closed_past_the_limit() -> None:
 
 
 def test_live_set_shards_hold_every_value() -> None:
-    """A live set split into shards answers for every value it holds, and only those."""
-    values = ShardedSet(100_000)
-    values.add_all(f"v{i}" for i in range(100_000))
+    """A live set split into shards, built a shard at a time from values that may repeat,
+    answers for every value it holds, and only those."""
+    builder = ShardedSetBuilder(100_000)
+    builder.add_all(f"v{i}" for i in range(100_000))
+    builder.add_all(f"v{i}" for i in range(0, 100_000, 3))
+    assert len(list(builder.steps())) == len(builder.result.shards)
+    values = builder.result
     assert len(values.shards) > 1
     assert len(values) == 100_000
     assert all(f"v{i}" in values for i in range(0, 100_000, 997))

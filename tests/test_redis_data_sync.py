@@ -242,3 +242,42 @@ def test_replacement_is_seen_whole(url: str, tmp_path: Path) -> None:
         bad.write_text("".join(f"b-{i}\n" for i in range(1000)) + "x" * 5000 + "\n")
         assert data(url, "import", "--set", "big", "--file", str(bad)) == 1
         assert code(replica, done) == code_pb2.OK
+
+
+async def test_set_grown_by_changes_is_read_into_more_shards(url: str) -> None:
+    """A set that grows fourfold through small changes is read again into more shards (no
+    shard grows without bound), and still holds every value."""
+    import asyncio
+
+    from extauthz.authn import JwksCache
+    from extauthz.datasets import SHARD_SIZE, ShardedSet
+    from extauthz.registry import Registry
+    from extauthz.store.redis import RedisStore
+    from extauthz.store.redis_client import connect, parse_url
+    from extauthz.store.redis_sets import SetRepo
+    from tests.helpers import until
+
+    store, registry = RedisStore.from_url(url), Registry(JwksCache())
+    client = connect(parse_url(url))
+    repo = SetRepo(client, "extauthz")
+    task = asyncio.create_task(store.run(registry))
+    try:
+        await until(lambda: registry.ready, "first load")
+        total = (4 * SHARD_SIZE // 1000 + 2) * 1000
+        for start in range(0, total, 1000):
+            await repo.add("acme", "grown", [f"g{i}" for i in range(start, start + 1000)])
+
+        def shards() -> int:
+            values = store.sets.of("acme").get("grown")
+            held = isinstance(values, ShardedSet) and len(values) == total
+            return len(values.shards) if held and isinstance(values, ShardedSet) else 0
+
+        await until(lambda: shards() > 1, "the set read again into more shards", within=60)
+        values = store.sets.of("acme").get("grown")
+        assert values is not None
+        assert all(f"g{i}" in values for i in range(0, total, 101))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+        await client.aclose()

@@ -30,6 +30,7 @@ __all__ = [
     "SHARD_SIZE",
     "DataSets",
     "ShardedSet",
+    "ShardedSetBuilder",
     "check_set_name",
     "parse_datasets",
     "value_error",
@@ -128,6 +129,11 @@ class ShardedSet(Set[str]):
     def __len__(self) -> int:
         return sum(len(shard) for shard in self.shards)
 
+    @property
+    def crowded(self) -> bool:
+        """Grown (by changes) to four times the values its shards were made for."""
+        return len(self) > 4 * SHARD_SIZE * len(self.shards)
+
     def add_all(self, values: Iterable[str]) -> None:
         shards, mask = self.shards, self._mask
         for value in values:
@@ -137,6 +143,29 @@ class ShardedSet(Set[str]):
         shards, mask = self.shards, self._mask
         for value in values:
             shards[hash(value) & mask].pop(value, None)
+
+
+class ShardedSetBuilder:
+    """A large ``ShardedSet`` built in small steps: values are gathered per shard into lists
+    (cheap to grow), then each shard is built at once from its list, one shard per step.
+    (Adding to the shards directly would resize every shard in the same step, as they all
+    fill at the same pace.)"""
+
+    def __init__(self, expected: int) -> None:
+        self.result = ShardedSet(expected)
+        self._lists: list[list[str]] = [[] for _ in self.result.shards]
+
+    def add_all(self, values: Iterable[str]) -> None:
+        lists, mask = self._lists, len(self._lists) - 1
+        for value in values:
+            lists[hash(value) & mask].append(value)
+
+    def steps(self) -> Iterator[None]:
+        """Build the shards, one per step; ``result`` is complete once exhausted."""
+        for i, values in enumerate(self._lists):
+            self.result.shards[i] = dict.fromkeys(values)
+            self._lists[i] = []
+            yield
 
 
 class DataSets:

@@ -7,7 +7,8 @@ tenant is never recompiled for a set's sake. For one set, given the version held
 - otherwise one read-only script returns the set's version and the change log entries since
   the held version; when they are all small changes (``{"add": [...]}``, ``{"remove":
   [...]}``) they are applied together, in one synchronous step: O(values changed), and a
-  Check sees the set before or after, never in between;
+  Check sees the set before or after, never in between (a set that has grown fourfold by
+  such changes is then read again, into more shards);
 - else (a replacement, a gap longer than the log, a set never held) the set is read in
   full: SSCAN in chunks into a new set, yielding to the event loop after each chunk, then the
   changes logged while it was read are applied on top (SSCAN returns every value present
@@ -32,7 +33,13 @@ from typing import Any, Final
 import structlog
 from redis.exceptions import ResponseError
 
-from extauthz.datasets import MAX_VALUE_BYTES, DataSets, ShardedSet, value_error
+from extauthz.datasets import (
+    MAX_VALUE_BYTES,
+    DataSets,
+    ShardedSet,
+    ShardedSetBuilder,
+    value_error,
+)
 from extauthz.errors import DocumentError, Location
 from extauthz.store.base import Sink
 from extauthz.store.redis_model import as_text
@@ -107,12 +114,15 @@ class DataSetFollower:
                 deltas = None  # the set itself is the truth: read it
             if deltas is None:
                 await self._read(sink, key)
-            else:
-                data = self.of(tenant)
-                for added, removed in deltas:  # one synchronous step
-                    data.change(name, added, removed)
-                self._held[key] = version
-                self._reported.pop(key, None)
+                return
+            data = self.of(tenant)
+            for added, removed in deltas:  # one synchronous step
+                data.change(name, added, removed)
+            self._held[key] = version
+            self._reported.pop(key, None)
+            values = data.get(name)
+            if isinstance(values, ShardedSet) and values.crowded:
+                await self._read(sink, key)  # into more shards, a step at a time
 
     async def _read(self, sink: Sink, key: Key) -> None:
         """Read the set in full and swap it in whole, or keep what is held."""
@@ -139,8 +149,8 @@ class DataSetFollower:
                 values.add_all(added)
                 values.discard_all(removed)
             held = self._held.get(key)
-            if held is not None and end <= held:
-                return  # not newer after all
+            if held is not None and end < held:
+                return  # older after all: the next look reports it
             old = self.of(tenant).put(name, values)
             self._held[key] = end
             self._reported.pop(key, None)
@@ -153,19 +163,23 @@ class DataSetFollower:
         )
 
     async def _scan(self, tenant: str, name: str, size: int) -> ShardedSet:
-        values = ShardedSet(size)
+        """The set's values, read and built a chunk (then a shard) at a time, letting Checks
+        run in between."""
+        builder = ShardedSetBuilder(size)
         try:
             async for chunk in self.repo.scan(tenant, name):
                 if any(len(raw) > MAX_VALUE_BYTES for raw in chunk):
                     raise Unreadable(f"a value is longer than {MAX_VALUE_BYTES} bytes")
                 try:
-                    values.add_all([raw.decode() for raw in chunk])
+                    builder.add_all([raw.decode() for raw in chunk])
                 except UnicodeDecodeError:
                     raise Unreadable("a value is not UTF-8 text") from None
-                await asyncio.sleep(0)  # let Checks run between chunks
+                await asyncio.sleep(0)
         except ResponseError as exc:  # e.g. WRONGTYPE
             raise Unreadable(f"unreadable: {exc}") from None
-        return values
+        for _ in builder.steps():
+            await asyncio.sleep(0)
+        return builder.result
 
     def _reject(self, sink: Sink, key: Key, version: str, problem: str) -> None:
         if not self._first(key, f"{version}:{problem}"):

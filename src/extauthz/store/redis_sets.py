@@ -27,7 +27,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Final
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from extauthz.errors import StoreError
 from extauthz.store.redis_client import Client
@@ -159,8 +159,12 @@ class SetRepo:
             pipe = self.client.pipeline(transaction=False)
             for tenant, name in named:
                 pipe.scard(self.keys.set(tenant, name))
-            for (tenant, name), size in zip(named, await pipe.execute(), strict=True):
-                out.setdefault(tenant, {})[name] = int(size)
+            sizes = await pipe.execute(raise_on_error=False)
+            for (tenant, name), size in zip(named, sizes, strict=True):
+                if isinstance(size, RedisError) and not isinstance(size, ResponseError):
+                    raise size
+                # a key of the wrong type counts as empty: a write replaces it
+                out.setdefault(tenant, {})[name] = 0 if isinstance(size, RedisError) else int(size)
         return out
 
     async def scan(self, tenant: str, name: str) -> AsyncIterator[list[Any]]:
