@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence, Set
+from itertools import chain
 from typing import Final
 
 from extauthz.documents import KIND_DATASET, Document
@@ -146,25 +147,31 @@ class ShardedSet(Set[str]):
 
 
 class ShardedSetBuilder:
-    """A large ``ShardedSet`` built in small steps: values are gathered per shard into lists
-    (cheap to grow), then each shard is built at once from its list, one shard per step.
-    (Adding to the shards directly would resize every shard in the same step, as they all
-    fill at the same pace.)"""
+    """A large ``ShardedSet`` built in small steps: each batch of values is gathered per shard
+    into tuples, then each shard is built at once from its tuples, one shard per step.
+
+    Adding to the shards directly would resize every shard in the same step (they all fill at
+    the same pace); gathering into lists would have the garbage collector walk every value
+    gathered so far. A tuple of strings is untracked by the first collection that meets it."""
 
     def __init__(self, expected: int) -> None:
         self.result = ShardedSet(expected)
-        self._lists: list[list[str]] = [[] for _ in self.result.shards]
+        self._gathered: list[list[tuple[str, ...]]] = [[] for _ in self.result.shards]
 
     def add_all(self, values: Iterable[str]) -> None:
-        lists, mask = self._lists, len(self._lists) - 1
+        mask = len(self._gathered) - 1
+        pieces: list[list[str]] = [[] for _ in self._gathered]
         for value in values:
-            lists[hash(value) & mask].append(value)
+            pieces[hash(value) & mask].append(value)
+        for gathered, piece in zip(self._gathered, pieces, strict=True):
+            if piece:
+                gathered.append(tuple(piece))
 
     def steps(self) -> Iterator[None]:
         """Build the shards, one per step; ``result`` is complete once exhausted."""
-        for i, values in enumerate(self._lists):
-            self.result.shards[i] = dict.fromkeys(values)
-            self._lists[i] = []
+        for i, gathered in enumerate(self._gathered):
+            self.result.shards[i] = dict.fromkeys(chain.from_iterable(gathered))
+            self._gathered[i] = []
             yield
 
 

@@ -37,7 +37,7 @@ from extauthz.store.redis_scripts import CHANGES_SCRIPT, SET_CHANGE_SCRIPT, SET_
 __all__ = ["MAX_LOG_ENTRY_BYTES", "SCAN_CHUNK", "STAGING_TTL", "SetRepo"]
 
 STAGE_CHUNK: Final = 10_000  # values per SADD while staging
-SCAN_CHUNK: Final = 10_000  # SSCAN COUNT
+SCAN_CHUNK: Final = 10_000  # SSCAN COUNT: a replica handles one such chunk per step
 STAGING_TTL: Final = 3600
 MAX_LOG_ENTRY_BYTES: Final = 16_384  # a larger change is logged as "*" (read the set)
 
