@@ -2,6 +2,7 @@
 
     python bench/custom.py engine [--values 1000000] [--iterations 20000] [--max-seconds 6]
     python bench/custom.py propagation [--sizes 1000,100000,1000000] [--adds 100] [--idle 5]
+        [--reference-src /tmp/before/src [--reference-adds 10]]
 
 ``engine`` (in process): ``policy.evaluate`` per Check for the bench tenant of
 bench/workload.py (20 policies, allowed by p15) as it is, with 5 more DENY rules that are
@@ -17,13 +18,16 @@ compile, memory (tracemalloc of the compiled tenant, and the process RSS before 
 ``data.contains("revoked-jti", auth.claims.jti)``, two ``extauthz serve`` replicas. For each
 set size, the set is replaced with ``extauthz data import`` (a child process), timed to its
 return and to the moment both replicas deny its last value (each replica has read the set in
-full); then each ``extauthz data add`` of a new jti (run in process, as the CLI runs it) is
-timed from its return to the moment both replicas deny a token with that jti; p50/p99/max.
+full); then each ``extauthz data add`` of a new jti (run in process by a child ``adder``, as
+the CLI runs it, which reports the instant it returned) is timed from its return to the
+moment both replicas deny a token with that jti; p50/p99/max.
 The target is p99 < 50 ms at every size. All along, another process Checks an allowed
 request on replica 1 back to back: its Check latency per phase (idle first, as the reference)
 shows how long the replica's event loop was ever kept from answering. Last, a third replica
 starts on the largest set: time to SERVING, its load log line and RSS, next to the RSS of the
-replicas before and after the set grew.
+replicas before and after the set grew. ``--reference-src`` runs it all again with replicas and
+CLI from another copy of ``src/`` (the previous release: a DataSet inside the tenant's record),
+in the same invocation, with ``--reference-adds`` adds per size.
 """
 
 from __future__ import annotations
@@ -224,7 +228,28 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
 
 
+def adder(args: argparse.Namespace) -> None:
+    """``data add`` in process for each value read from stdin (one per line); after each,
+    the exit code and ``time.monotonic()`` at its return on stdout."""
+    from extauthz.cli import main as cli
+
+    for line in sys.stdin:
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = cli(["data", "add", "--redis-url", args.redis_url, "--tenant", "acme",
+                        "--set", "revoked-jti", line.strip()])  # fmt: skip
+        print(f"{code} {time.monotonic()}", flush=True)
+
+
 def propagation(args: argparse.Namespace) -> None:
+    runs = [("extauthz", os.environ["PYTHONPATH"], args.adds)]
+    if args.reference_src:
+        runs.append(("reference", str(args.reference_src.resolve()), args.reference_adds))
+    for name, src, adds in runs:
+        print(f"\n## {name} (PYTHONPATH={src})\n", flush=True)
+        propagation_run(args, src, adds)
+
+
+def propagation_run(args: argparse.Namespace, src: str, adds: int) -> None:
     import multiprocessing
     import subprocess
 
@@ -241,8 +266,6 @@ def propagation(args: argparse.Namespace) -> None:
         wait_for,
     )
 
-    from extauthz.cli import main as cli
-
     issuer = Issuer()
     host = "acme.example.com"
     deny = (
@@ -257,6 +280,11 @@ def propagation(args: argparse.Namespace) -> None:
             policy_yaml("deny-revoked", "acme", deny),
         ]
     )
+    env = {**os.environ, "PYTHONPATH": src}
+
+    def extauthz(*argv: str) -> None:
+        subprocess.run([sys.executable, "-m", "extauthz", *argv], check=True,
+                       stdout=subprocess.DEVNULL, env=env)  # fmt: skip
 
     def token_request(jti: str) -> Any:
         return check_request(
@@ -272,34 +300,38 @@ def propagation(args: argparse.Namespace) -> None:
             return False
 
     def until_denied(request: Any, since: float, what: str) -> float:
+        """Seconds from ``since`` (monotonic) until both replicas deny ``request``."""
         pending = list(replicas)
         while pending:
             pending = [r for r in pending if not denied(r, request)]
-            if time.perf_counter() - since > 300:
+            if time.monotonic() - since > 600:
                 raise TimeoutError(f"{what} not seen")
-        return time.perf_counter() - since
+        return time.monotonic() - since
 
     server = RedisServer()
     replicas: list[ServerProcess] = []
     late: ServerProcess | None = None
-    env = {**os.environ, "PYTHONPATH": os.environ["PYTHONPATH"]}
     stop = multiprocessing.Event()
     receiver, sender = multiprocessing.Pipe(duplex=False)
     prober: multiprocessing.Process | None = None
+    writer: subprocess.Popen[str] | None = None
     phases: list[tuple[str, float, float]] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "acme.yaml").write_text(text)
-            with contextlib.redirect_stdout(io.StringIO()):
-                cli(["policy", "apply", "--redis-url", server.url, "-f", tmp])
+            extauthz("policy", "apply", "--redis-url", server.url, "-f", tmp)
             loop_file = Path(tmp) / "loop.txt"
             launcher = [str(BENCH / "loopprobe.py"), str(loop_file)]
             replicas = [
-                ServerProcess(["--redis-url", server.url], launcher=launcher),
-                ServerProcess(["--redis-url", server.url]),
+                ServerProcess(["--redis-url", server.url], env=env, launcher=launcher),
+                ServerProcess(["--redis-url", server.url], env=env),
             ]
             for r in replicas:
                 r.wait_serving(timeout=120)
+            writer = subprocess.Popen(
+                [sys.executable, str(BENCH / "custom.py"), "adder", "--redis-url", server.url],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            )  # fmt: skip
             allowed = token_request("never-revoked")
             assert not denied(replicas[0], allowed)
             rss_small = [rss_of(r.proc.pid) for r in replicas]
@@ -316,43 +348,41 @@ def propagation(args: argparse.Namespace) -> None:
                 values = Path(tmp) / "values.txt"
                 values.write_text("".join(f"v{i:015x}\n" for i in range(size)))
                 last = token_request(f"v{size - 1:015x}")
-                begin, start = time.monotonic(), time.perf_counter()
-                subprocess.run(
-                    [sys.executable, "-m", "extauthz", "data", "import", "--redis-url",
-                     server.url, "--tenant", "acme", "--set", "revoked-jti", "--file", str(values)],
-                    check=True, stdout=subprocess.DEVNULL, env=env,
-                )  # fmt: skip
-                imported = time.perf_counter() - start
-                seen = until_denied(last, start + imported, f"import of {size}")
+                begin = time.monotonic()
+                extauthz("data", "import", "--redis-url", server.url, "--tenant", "acme",
+                         "--set", "revoked-jti", "--file", str(values))  # fmt: skip
+                imported = time.monotonic() - begin
+                seen = until_denied(last, begin + imported, f"import of {size}")
                 phases.append(
                     (f"import of {size} values and the full reads", begin, time.monotonic())
                 )
-                samples, add_s = [], []
+                samples = []
                 begin = time.monotonic()
-                for n in range(args.adds):
-                    request = token_request(f"bench-{size}-{n}")
+                for n in range(adds):
+                    jti = f"bench-{size}-{n}"
+                    request = token_request(jti)
                     for r in replicas:  # warm the token cache: only the set changes
                         assert not denied(r, request)
-                    start = time.perf_counter()
-                    with contextlib.redirect_stdout(io.StringIO()):
-                        cli(["data", "add", "--redis-url", server.url, "--tenant", "acme",
-                             "--set", "revoked-jti", f"bench-{size}-{n}"])  # fmt: skip
-                    returned = time.perf_counter()
-                    add_s.append(returned - start)
-                    samples.append(until_denied(request, returned, f"add {n} at {size}"))
-                phases.append((f"{args.adds} adds to the set of {size}", begin, time.monotonic()))
+                    assert writer.stdin is not None
+                    assert writer.stdout is not None
+                    writer.stdin.write(f"{jti}\n")
+                    writer.stdin.flush()
+                    code, returned = writer.stdout.readline().split()
+                    if code != "0":
+                        raise RuntimeError(f"data add {jti} exited with {code}")
+                    samples.append(until_denied(request, float(returned), f"add {n} at {size}"))
+                phases.append((f"{adds} adds to the set of {size}", begin, time.monotonic()))
                 ms = sorted(x * 1000 for x in samples)
                 p99 = percentile(ms, 0.99)
                 verdict = "met" if p99 < TARGET_PROPAGATION_MS else "NOT met"
                 used = int(redis_cli(server.port, "info", "memory").split("used_memory:")[1]
                            .split()[0]) / 2**20  # fmt: skip
                 print(
-                    f"set of {size} values: import {imported:.1f} s, import returned -> both "
-                    f"replicas hold the new set {seen:.1f} s; redis used_memory {used:.0f} MiB. "
-                    f"{len(ms)} adds: data add itself p50 {statistics.median(add_s) * 1000:.0f} "
-                    f"ms; add returned -> both replicas deny: p50 {statistics.median(ms):.1f} "
-                    f"ms, p99 {p99:.1f} ms, max {ms[-1]:.1f} ms (target p99 < "
-                    f"{TARGET_PROPAGATION_MS:.0f} ms: {verdict})",
+                    f"set of {size} values: data import {imported:.1f} s, its return -> both "
+                    f"replicas deny its last value {seen:.1f} s; redis used_memory {used:.0f} "
+                    f"MiB. {len(ms)} adds, data add returned -> both replicas deny: p50 "
+                    f"{statistics.median(ms):.1f} ms, p99 {p99:.1f} ms, max {ms[-1]:.1f} ms "
+                    f"(target p99 < {TARGET_PROPAGATION_MS:.0f} ms: {verdict})",
                     flush=True,
                 )
             stop.set()
@@ -362,9 +392,9 @@ def propagation(args: argparse.Namespace) -> None:
             print(
                 f"\nReplica 1, per phase: Check latency from a concurrent client (one Check at a "
                 f"time, {len(probed)} Checks), and its event loop (loopprobe.py): the worst "
-                "wake-up delay of a 1 ms sleep, and the most CPU its loop thread ran between "
-                "two wake-ups (the longest stretch of work that held the loop, whatever the "
-                "scheduler did)"
+                "wake-up delay of a 1 ms sleep, the most CPU its loop thread ran between two "
+                "wake-ups (the longest stretch of work that held the loop, whatever the "
+                "scheduler did), the longest garbage collection (CPU)"
             )
             print(
                 "| while | Checks | Check p50 ms | p99 ms | max ms | loop delay max ms "
@@ -380,10 +410,10 @@ def propagation(args: argparse.Namespace) -> None:
                     + " |"
                 )
             rss_big = [rss_of(r.proc.pid) for r in replicas]
-            start = time.perf_counter()
-            late = ServerProcess(["--redis-url", server.url])
+            start = time.monotonic()
+            late = ServerProcess(["--redis-url", server.url], env=env)
             late.wait_serving(timeout=600)
-            serving_s = time.perf_counter() - start
+            serving_s = time.monotonic() - start
             loaded = wait_for(  # logged just after the swap that made it SERVING
                 lambda: [x for x in late.logs().splitlines() if "tenants loaded from redis" in x]
             )
@@ -392,10 +422,14 @@ def propagation(args: argparse.Namespace) -> None:
                 f"{serving_s:.1f} s (load log: {loaded[-1] if loaded else '?'}); RSS "
                 f"{rss_of(late.proc.pid):.0f} MiB. Replicas that followed the changes: RSS "
                 f"{', '.join(f'{a:.0f}' for a in rss_small)} MiB with 1 value -> "
-                f"{', '.join(f'{b:.0f}' for b in rss_big)} MiB now"
+                f"{', '.join(f'{b:.0f}' for b in rss_big)} MiB now",
+                flush=True,
             )
     finally:
         stop.set()
+        if writer is not None:
+            writer.kill()
+            writer.wait()
         if prober is not None:
             prober.join(timeout=30)
             if prober.is_alive():
@@ -416,9 +450,13 @@ def main() -> None:
     p.add_argument("--sizes", default="1000,100000,1000000", help="set sizes, comma-separated")
     p.add_argument("--adds", type=int, default=100, help="adds per set size")
     p.add_argument("--idle", type=float, default=5.0, help="seconds of Checks before any change")
+    p.add_argument("--reference-src", type=Path, help="also run replicas and CLI from this src/")
+    p.add_argument("--reference-adds", type=int, default=10, help="adds per size, reference")
+    a = sub.add_parser("adder", help="(internal) data add per stdin line, for propagation")
+    a.add_argument("--redis-url", required=True)
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(BENCH.parent / "src"))
-    engine(args) if args.command == "engine" else propagation(args)
+    {"engine": engine, "propagation": propagation, "adder": adder}[args.command](args)
 
 
 if __name__ == "__main__":
