@@ -311,9 +311,10 @@ def propagation_run(args: argparse.Namespace, src: str, adds: int) -> None:
     server = RedisServer()
     replicas: list[ServerProcess] = []
     late: ServerProcess | None = None
-    stop = multiprocessing.Event()
-    receiver, sender = multiprocessing.Pipe(duplex=False)
-    prober: multiprocessing.Process | None = None
+    spawn = multiprocessing.get_context("spawn")  # no fork after gRPC started in this process
+    stop = spawn.Event()
+    receiver, sender = spawn.Pipe(duplex=False)
+    prober: Any = None
     writer: subprocess.Popen[str] | None = None
     phases: list[tuple[str, float, float]] = []
     try:
@@ -335,11 +336,12 @@ def propagation_run(args: argparse.Namespace, src: str, adds: int) -> None:
             allowed = token_request("never-revoked")
             assert not denied(replicas[0], allowed)
             rss_small = [rss_of(r.proc.pid) for r in replicas]
-            prober = multiprocessing.Process(
+            prober = spawn.Process(
                 target=probe,
                 args=(replicas[0].address, allowed.SerializeToString(), stop, sender),
             )
             prober.start()
+            sender.close()  # the prober's end: recv() sees EOF if it dies
             time.sleep(1.0)
             idle = time.monotonic()
             time.sleep(args.idle)
@@ -356,6 +358,13 @@ def propagation_run(args: argparse.Namespace, src: str, adds: int) -> None:
                 phases.append(
                     (f"import of {size} values and the full reads", begin, time.monotonic())
                 )
+                begin = time.monotonic()
+                for n in range(adds):  # the Checks of the adds below, without the adds
+                    request = token_request(f"no-change-{size}-{n}")
+                    for _ in range(10):
+                        for r in replicas:
+                            assert not denied(r, request)
+                phases.append((f"the same Checks, no change ({size})", begin, time.monotonic()))
                 samples = []
                 begin = time.monotonic()
                 for n in range(adds):
@@ -386,6 +395,8 @@ def propagation_run(args: argparse.Namespace, src: str, adds: int) -> None:
                     flush=True,
                 )
             stop.set()
+            if not receiver.poll(60):
+                raise RuntimeError("the Check prober sent nothing (see its error above)")
             probed: list[tuple[float, float]] = receiver.recv()
             prober.join(timeout=30)
             loop = [tuple(map(float, x.split())) for x in loop_file.read_text().splitlines()]
