@@ -11,7 +11,7 @@ plain Istio conditions, and with 5 more DENY rules that are CEL conditions (one 
 misses, as the rules of a real tenant mostly do. Reported: median time per variant, the ratio
 "with 5 CEL rules and the set" / "without them", and the cost of one CEL rule in units of one
 plain rule (target: at most 3). What was loaded is frozen out of the cyclic collector, as
-the server does after a load. Then the load of the set: frozenset build, whole-tenant
+the server does after a load. Then the load of the set: documents built, whole-tenant
 compile, memory (tracemalloc of the compiled tenant, and the process RSS before and after).
 
 ``propagation``: a throwaway redis-server, one tenant whose DENY rule is
@@ -188,7 +188,8 @@ def engine(args: argparse.Namespace) -> None:
     )
     print(
         f"DataSet of {args.values} values: documents built in {built:.2f} s; tenant compiled "
-        f"(frozenset + CEL + policies) in {compiled_s:.2f} s; tracemalloc of the compile "
+        f"(ShardedSet + CEL + policies, under tracemalloc) in {compiled_s:.2f} s; tracemalloc "
+        "of the compile "
         f"{traced / 2**20:.0f} MiB; process RSS {rss_before:.0f} -> {rss_after:.0f} MiB "
         f"(documents and compiled tenant both held)"
     )

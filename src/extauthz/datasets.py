@@ -54,7 +54,7 @@ def value_error(value: object) -> str | None:
     if not isinstance(value, str):
         return f"must be a string, not {type(value).__name__}"
     try:
-        size = len(value.encode())
+        size = len(value) if value.isascii() else len(value.encode())
     except UnicodeEncodeError:
         return "is not valid UTF-8 text"
     if size > MAX_VALUE_BYTES:
@@ -113,9 +113,11 @@ class ShardedSet(Set[str]):
 
     @classmethod
     def of(cls, values: Collection[str]) -> ShardedSet:
-        out = cls(len(values))
-        out.add_all(values)
-        return out
+        builder = ShardedSetBuilder(len(values))
+        builder.add_all(values)
+        for _ in builder.steps():
+            pass
+        return builder.result
 
     def __contains__(self, value: object) -> bool:
         try:

@@ -186,7 +186,9 @@ class RedisStore(Store):
         """Add what ``message`` announces: "acme 8" (a record) or "acme/<set> 5" (a set)."""
         data = message.get("data")
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
-        head, _, version = text.rpartition(" ")
+        head, space, version = text.rpartition(" ")
+        if not space:
+            head, version = text, ""
         tenant, slash, name = head.partition("/")
         if not check_tenant_name(tenant):
             return
