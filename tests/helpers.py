@@ -163,7 +163,12 @@ def check_request(
 class ServerProcess:
     """``extauthz serve`` in a child process on a free 127.0.0.1 port."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        launcher: Sequence[str] = (),  # a script that runs ``-m extauthz ...`` (benchmarks)
+    ) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"extauthz-{self.port}.log"
@@ -171,8 +176,9 @@ class ServerProcess:
         full_env = {**os.environ, **(env or {})}
         # No metrics port unless a test asks for one: parallel servers must not contend.
         metrics = [] if "--metrics-listen" in args else ["--metrics-listen", "off"]
+        command = [sys.executable, *launcher, "-m", "extauthz", "serve", "--listen", self.address]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "extauthz", "serve", "--listen", self.address, *metrics, *args],
+            [*command, *metrics, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,

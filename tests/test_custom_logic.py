@@ -9,6 +9,7 @@ import pytest
 
 from extauthz.authn import JwksCache
 from extauthz.catalog import CompiledTenant, compile_documents
+from extauthz.datasets import DataSets, ShardedSet, ShardedSetBuilder
 from extauthz.documents import load_documents
 from extauthz.errors import DocumentError, Reason
 from extauthz.model import Subject
@@ -422,3 +423,71 @@ def test_dataset_names_inside_strings_do_not_count() -> None:
     assert allowed(t, path="data.nope")
     assert allowed(t, path="a1b2")
     assert not allowed(t, path="/x")
+
+
+# -- live data sets (a store's, changed in place) -----------------------------------------------
+
+
+def live_tenant(rules: str, data: DataSets, *, action: str = "DENY") -> CompiledTenant:
+    text = (
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        f"metadata: {{name: p, namespace: acme}}\nspec:\n  action: {action}\n  rules:\n{rules}\n"
+    )
+    return compile_documents("acme", load_documents(text, "acme.yaml"), JwksCache(), data=data)
+
+
+def test_live_set_changes_are_seen_without_a_recompile() -> None:
+    """A compiled tenant reads its live sets as they are when a condition is evaluated."""
+    data = DataSets(live=True)
+    t = live_tenant(when("extauthz.io/cel", 'data.contains("revoked-jti", auth.claims.jti)'), data)
+    assert not allowed(t, claims={"jti": "a1"})  # not loaded yet: fail closed
+    data.put("revoked-jti", ShardedSet())
+    assert allowed(t, claims={"jti": "a1"})
+    data.change("revoked-jti", ["a1", "b2"], [])
+    assert not allowed(t, claims={"jti": "a1"})
+    data.change("revoked-jti", [], ["a1"])
+    assert allowed(t, claims={"jti": "a1"})
+    assert not allowed(t, claims={"jti": "b2"})
+
+
+def test_live_set_read_as_a_list_fails_closed_past_the_limit() -> None:
+    """A live set read as a list decides while it is small; once it has grown past the list
+    limit (data add does not know who reads it how), the condition fails closed."""
+    data = DataSets(live=True)
+    data.change("allowed", ["u1"], [])
+    t = live_tenant(
+        when("extauthz.io/cel", "auth.claims.sub in data.allowed"), data, action="ALLOW"
+    )
+    assert allowed(t, claims={"sub": "u1"})
+    data.change("allowed", [f"u{i}" for i in range(2, 1002)], [])
+    assert not allowed(t, claims={"sub": "u1"})
+    assert t.custom is not None
+    assert t.custom.cel.errors.count == 1
+
+
+def test_live_set_shards_hold_every_value() -> None:
+    """A live set split into shards, built a shard at a time from values that may repeat,
+    answers for every value it holds, and only those."""
+    builder = ShardedSetBuilder(100_000)
+    builder.add_all(f"v{i}" for i in range(100_000))
+    builder.add_all(f"v{i}" for i in range(0, 100_000, 3))
+    assert len(list(builder.steps())) == len(builder.result.shards)
+    values = builder.result
+    assert len(values.shards) > 1
+    assert len(values) == 100_000
+    assert all(f"v{i}" in values for i in range(0, 100_000, 997))
+    assert "v100000" not in values
+    not_a_string: object = 7  # CEL may look up a value of another type
+    assert not_a_string not in values
+
+
+def test_live_set_is_not_walked_by_the_garbage_collector() -> None:
+    """A live set of strings is invisible to the cyclic collector (no pause per value)."""
+    import gc
+
+    values = ShardedSet(50_000)
+    values.add_all(f"v{i}" for i in range(50_000))
+    values.discard_all(["v1", "v2"])
+    assert not any(gc.is_tracked(shard) for shard in values.shards)
+    assert "v3" in values
+    assert "v1" not in values

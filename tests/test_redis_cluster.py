@@ -56,11 +56,14 @@ def keyslot(cluster: RedisClusterServers, key: str) -> str:
 
 
 def test_a_tenants_keys_share_one_slot(cluster: RedisClusterServers) -> None:
-    """current and history of a tenant hash to the same slot (the {tenant} hash tag)."""
+    """current, history and the DataSet keys of a tenant hash to the same slot (the {tenant}
+    hash tag)."""
     for tenant in ("acme", "globex", "t7"):
-        assert keyslot(cluster, f"extauthz:{{{tenant}}}:current") == keyslot(
-            cluster, f"extauthz:{{{tenant}}}:history"
-        )
+        slots = {
+            keyslot(cluster, f"extauthz:{{{tenant}}}:{suffix}")
+            for suffix in ("current", "history", "sets", "set:a", "setlog:a", "staging:a:1")
+        }
+        assert len(slots) == 1
 
 
 async def test_apply_spreads_tenants_over_masters_and_lists_them(
@@ -127,3 +130,30 @@ def test_cli_against_cluster(
     capsys.readouterr()
     assert main(["policy", "get", "cli", "--redis-url", cluster.url]) == 0
     assert "cli.test" in capsys.readouterr().out
+
+
+async def test_datasets_on_cluster(admin: PolicyAdmin, cluster: RedisClusterServers) -> None:
+    """A DataSet applied with its tenant, added to and replaced on the cluster is followed by
+    a replica."""
+    dataset = (
+        "---\napiVersion: extauthz.io/v1\nkind: DataSet\n"
+        "metadata: {name: s, namespace: t3}\nspec: {values: [a]}\n"
+    )
+    await admin.apply(load_documents(tenant_documents("t3", "h3.test") + dataset, "t.yaml"))
+    store = RedisStore.from_url(cluster.url)
+    registry = Registry(JwksCache())
+    task = asyncio.create_task(store.run(registry))
+    try:
+        await until(lambda: registry.ready)
+        data = store.sets.of("t3")
+        assert "a" in (data.get("s") or ())
+        await admin.sets.add("t3", "s", ["b"])
+        await until(lambda: "b" in (data.get("s") or ()))
+        staging = await admin.sets.stage("t3", "s", [f"v{i}" for i in range(20_000)])
+        await admin.sets.replace("t3", "s", staging)
+        await until(lambda: len(data.get("s") or ()) == 20_000)
+        assert "a" not in (data.get("s") or ())
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()

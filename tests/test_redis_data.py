@@ -1,5 +1,5 @@
-"""``extauthz data`` against a real Redis: DataSets as versioned tenant documents that every
-serving replica picks up without a restart."""
+"""``extauthz data`` and DataSet documents against a real Redis: sets kept apart from the
+tenant's record, changed in place, picked up by every serving replica without a restart."""
 
 from __future__ import annotations
 
@@ -97,6 +97,7 @@ def test_unknown_tenant_or_set(redis: RedisServer, url: str) -> None:
     """An unknown tenant or set is an error (exit 1), and nothing is created."""
     assert main(["data", "add", "--redis-url", url, "--tenant", "nope", "--set", "s", "v"]) == 1
     assert data(url, "get", "--set", "nope") == 1
+    assert data(url, "remove", "--set", "nope", "v") == 1
     assert "nope" not in redis_cli(redis.port, "keys", "*")
 
 
@@ -156,3 +157,146 @@ def test_concurrent_adds_all_land(url: str, capsys: pytest.CaptureFixture[str]) 
     capsys.readouterr()
     assert data(url, "get", "--set", "revoked-jti") == 0
     assert capsys.readouterr().out == "a1\nr0\nr1\nr2\nr3\n"
+
+
+# -- DataSets and policy apply ------------------------------------------------------------------
+
+
+def test_example_policies_apply_and_serve(
+    redis: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """policy apply of the example directory stores initech's DataSet as a set; a replica
+    denies its revoked token by that set, and data remove lifts the revocation."""
+    from envoy.service.auth.v3 import external_auth_pb2
+    from google.protobuf import json_format
+
+    from tests.helpers import REPO
+
+    redis_cli(redis.port, "flushall")
+    url = redis.url
+    capsys.readouterr()
+    assert main(["policy", "apply", "--redis-url", url, "-f", str(REPO / "policies")]) == 0
+    assert "applied: tenant initech set revoked-jti version 1 (2)" in capsys.readouterr().out
+    assert main(["policy", "get", "initech", "--redis-url", url]) == 0
+    got = capsys.readouterr().out
+    assert "# DataSet revoked-jti: 2 values, version 1" in got
+    assert "kind: DataSet" not in got  # the values live in the set, not the record
+    text = (REPO / "examples/requests/initech-revoked-token.json").read_text()
+    request = json_format.Parse(text, external_auth_pb2.CheckRequest())
+
+    def policy() -> str:
+        response = first.check(request)
+        return str(json_format.MessageToDict(response.dynamic_metadata).get("policy", ""))
+
+    with serving(["--redis-url", url]) as first:
+        assert policy() == "initech/deny-revoked-and-staging"
+        args = ["--redis-url", url, "--tenant", "initech", "--set", "revoked-jti"]
+        assert main(["data", "remove", *args, "deadbeef"]) == 0
+        wait_for(
+            lambda: policy() != "initech/deny-revoked-and-staging", what="the revocation lifted"
+        )
+
+
+def test_apply_replaces_or_declares_sets(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Applying the same files again changes nothing; a DataSet with values replaces the set
+    (values added at run time included); one without values only declares it."""
+    files = tmp_path
+    assert data(url, "add", "--set", "revoked-jti", "b2") == 0
+    capsys.readouterr()
+    assert main(["policy", "apply", "--redis-url", url, "-f", str(files)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "unchanged: tenant acme version 1",
+        "applied: tenant acme set revoked-jti version 3 (1)",
+    ]
+    assert main(["policy", "apply", "--redis-url", url, "-f", str(files)]) == 0
+    assert "unchanged: tenant acme set revoked-jti version 3 (1)" in capsys.readouterr().out
+    declared = (files / "acme.yaml").read_text().replace("spec: {values: [a1]}", "spec: {}")
+    (files / "acme.yaml").write_text(declared)
+    assert data(url, "add", "--set", "revoked-jti", "c3") == 0
+    capsys.readouterr()
+    assert main(["policy", "apply", "--redis-url", url, "-f", str(files)]) == 0
+    assert "kept: tenant acme set revoked-jti version 4 (2)" in capsys.readouterr().out
+
+
+def test_policy_naming_an_unknown_set_is_refused(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A policy that reads a set neither the files nor Redis hold is refused (exit 1);
+    a set created with data add can be named."""
+    deny = DENY.replace("revoked-jti", "blocked")
+    path = tmp_path / "more.yaml"
+    path.write_text(policy_yaml("deny-blocked", "acme", deny))
+    # the tenant's other documents are re-applied with it
+    docs = (tmp_path / "acme.yaml").read_text() + "---\n" + path.read_text()
+    path.unlink()
+    (tmp_path / "acme.yaml").write_text(docs)
+    capsys.readouterr()
+    assert main(["policy", "apply", "--redis-url", url, "-f", str(tmp_path)]) == 1
+    assert "no DataSet 'blocked'" in capsys.readouterr().err
+    assert data(url, "add", "--set", "blocked", "x") == 0
+    assert main(["policy", "apply", "--redis-url", url, "-f", str(tmp_path)]) == 0
+
+
+def test_diff_compares_set_values(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """policy diff shows the values a set holds beyond (or short of) its document's."""
+    capsys.readouterr()
+    assert main(["policy", "diff", "--redis-url", url, "-f", str(tmp_path)]) == 0
+    assert data(url, "add", "--set", "revoked-jti", "z9") == 0
+    capsys.readouterr()
+    assert main(["policy", "diff", "--redis-url", url, "-f", str(tmp_path)]) == 1
+    assert "-z9" in capsys.readouterr().out.splitlines()
+
+
+def test_import_is_whole_and_leaves_no_staging_key(
+    redis: RedisServer, url: str, tmp_path: Path
+) -> None:
+    """An import with one bad line writes nothing; a good one leaves the set without an
+    expiry and no staging key behind."""
+    values = tmp_path / "values.txt"
+    values.write_text("".join(f"v{i}\n" for i in range(25_000)) + "\xff" * 5000 + "\n")
+    assert data(url, "import", "--set", "revoked-jti", "--file", str(values)) == 1
+    assert redis_cli(redis.port, "scard", "extauthz:{acme}:set:revoked-jti").strip() == "1"
+    values.write_text("".join(f"v{i}\n" for i in range(25_000)))
+    assert data(url, "import", "--set", "revoked-jti", "--file", str(values)) == 0
+    assert redis_cli(redis.port, "scard", "extauthz:{acme}:set:revoked-jti").strip() == "25000"
+    assert redis_cli(redis.port, "ttl", "extauthz:{acme}:set:revoked-jti").strip() == "-1"
+    assert "staging" not in redis_cli(redis.port, "keys", "*")
+
+
+def test_record_holding_a_dataset_is_refused(redis: RedisServer, url: str) -> None:
+    """A record that holds a DataSet document (as an earlier release stored them) is not
+    served: the tenant is unavailable and the log says to apply it again."""
+    import asyncio
+
+    from google.protobuf import json_format
+
+    from extauthz.documents import load_documents
+    from extauthz.store.redis_client import connect, parse_url
+    from extauthz.store.redis_model import TenantRepo
+    from extauthz.tenancy import parse_tenant
+
+    docs = load_documents(
+        tenant_yaml("legacy", match="{hosts: [legacy.example.com]}")
+        + "---\n"
+        + DATASET.replace("namespace: acme", "namespace: legacy"),
+        "legacy.yaml",
+    )
+
+    async def write() -> None:
+        client = connect(parse_url(url))
+        try:
+            await TenantRepo(client, "extauthz").write("legacy", docs, spec=parse_tenant(docs[0]))
+        finally:
+            await client.aclose()
+
+    asyncio.run(write())
+    with serving(["--redis-url", url]) as server:
+        response = server.check(check_request(host="legacy.example.com"))
+        meta = json_format.MessageToDict(response.dynamic_metadata)
+        assert response.status.code != code_pb2.OK
+        assert (meta["reason"], meta["tenant"]) == ("tenant_unavailable", "legacy")
+        assert "apply it again with extauthz policy apply" in server.logs()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from extauthz.authn import Authenticator, JwksCache
-from extauthz.datasets import parse_datasets
+from extauthz.datasets import DataSets, ShardedSet, parse_datasets
 from extauthz.documents import KIND_DATASET, KIND_RATELIMIT, KIND_TENANT, Document
 from extauthz.errors import DocumentError, Location
 from extauthz.policy import CompiledPolicies, compile_policies
@@ -83,9 +83,18 @@ class DeferredSource:
 
 
 def compile_documents(
-    tenant: str, docs: Sequence[Document], jwks: JwksCache, *, version: str = "", now: float = 0.0
+    tenant: str,
+    docs: Sequence[Document],
+    jwks: JwksCache,
+    *,
+    version: str = "",
+    now: float = 0.0,
+    data: DataSets | None = None,
 ) -> CompiledTenant:
-    """Compile ``docs`` (all of one tenant). Raises DocumentError naming file, line, field."""
+    """Compile ``docs`` (all of one tenant). Raises DocumentError naming file, line, field.
+
+    ``data``: the tenant's sets when a store keeps them apart from its documents (then
+    ``docs`` holds no DataSet); by default, the DataSet documents among ``docs``."""
     if not check_tenant_name(tenant):
         where = docs[0].location() if docs else Location(tenant)
         raise DocumentError(
@@ -100,7 +109,18 @@ def compile_documents(
     tenant_docs = [d for d in docs if d.kind == KIND_TENANT]
     spec = parse_tenant(tenant_docs[0]) if tenant_docs else implicit_tenant(tenant)
     authenticator = Authenticator(spec.jwt_rules, jwks) if spec.jwt_rules else _no_jwt(jwks)
-    custom = CustomContext(tenant, spec.time_zone, parse_datasets(docs))
+    if data is None:
+        sets = parse_datasets(docs)
+        data = DataSets({name: ShardedSet.of(values or ()) for name, values in sets.items()})
+    else:
+        for doc in docs:
+            if doc.kind == KIND_DATASET:
+                raise doc.error(
+                    "this store keeps a DataSet's values apart from the tenant's documents "
+                    "(a record written by an earlier release?): apply it again with "
+                    "extauthz policy apply"
+                )
+    custom = CustomContext(tenant, spec.time_zone, data)
     policies = compile_policies(
         [d for d in docs if d.kind not in (KIND_TENANT, KIND_DATASET, KIND_RATELIMIT)],
         trust_domains=spec.trust_domains,
@@ -160,4 +180,6 @@ def _routes_of(tenant: str, docs: Sequence[Document]) -> TenantSpec:
 
 
 def compile_tenant(source: TenantSource, jwks: JwksCache, *, now: float = 0.0) -> CompiledTenant:
-    return compile_documents(source.tenant, source.documents, jwks, version=source.version, now=now)
+    return compile_documents(
+        source.tenant, source.documents, jwks, version=source.version, now=now, data=source.data
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from extauthz.datasets import DataSets
 from extauthz.documents import Document
 
 __all__ = ["TenantSource"]
@@ -20,3 +21,6 @@ class TenantSource:
     tenant: str
     version: str  # opaque: a counter in Redis, a content hash for files
     documents: tuple[Document, ...]
+    # the tenant's sets when the store keeps them apart from its documents (Redis), changed
+    # in place by the store; None: the DataSet documents among ``documents`` (files)
+    data: DataSets | None = None

@@ -1,34 +1,34 @@
 """``extauthz data ...``: the DataSets of a tenant in Redis (list, get, add, remove, import).
 
-A DataSet is one of the tenant's documents, so a change is a new version of the tenant:
-validated and compiled like ``policy apply``, stored atomically, announced on the channel,
-recompiled by every replica, kept in the history for rollback. Each command reads the
-tenant's current version, changes the one set and writes with that version expected; when
-another writer got there first it reads again and retries (a few times).
+A set is kept apart from the tenant's documents (``store/redis_sets.py``): ``add`` and
+``remove`` change it in place and ``import`` replaces it whole, each as the set's next
+version, announced to every replica, which applies just that change. The tenant must exist;
+the values are checked as a DataSet document's are before anything is written. Sets are run-
+time data: not in the tenant's history, not rolled back.
 
-Exit codes as ``extauthz policy``: 0 done, 1 invalid or unknown, 2 usage or Redis, 3 conflict.
+Exit codes as ``extauthz policy``: 0 done, 1 invalid or unknown, 2 usage or Redis.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from extauthz.cli import _env
-from extauthz.cli.policy import _keep, _runner
-from extauthz.documents import KIND_DATASET, Document, document_from_data
-from extauthz.errors import ConflictError
+from extauthz.cli.policy import _runner
+from extauthz.datasets import check_set_name, value_error
+from extauthz.errors import DocumentError, Location
 
 if TYPE_CHECKING:
     from extauthz.store.redis_admin import PolicyAdmin
+    from extauthz.store.redis_model import SetResult
 
 __all__ = ["register"]
 
-RETRIES: Final = 5
-Change = Callable[[frozenset[str]], frozenset[str]]
+PROGRESS_EVERY: Final = 2.0  # seconds between progress lines of a long import
 
 
 def register(sub: Any) -> None:
@@ -48,86 +48,85 @@ def register(sub: Any) -> None:
     action("get", "print the values of a set, one per line", _get)
     add = action("add", "add values to a set (created if absent)", _add)
     add.add_argument("values", nargs="+")
-    _keep(add)
     rm = action("remove", "remove values from a set", _remove)
     rm.add_argument("values", nargs="+")
-    _keep(rm)
     imp = action("import", "replace a set's values with a file's lines ('-': stdin)", _import)
     imp.add_argument("--file", required=True, type=Path)
-    _keep(imp)
 
 
-def _sets(docs: Sequence[Document]) -> dict[str, Document]:
-    return {d.name: d for d in docs if d.kind == KIND_DATASET}
+def _checked(args: argparse.Namespace, values: list[str], where: str) -> list[str]:
+    """``values`` (blank ones dropped, each once) if each can be a set value; raises
+    DocumentError naming the first that can't (its position: line or argument number)."""
+    if not check_set_name(args.name):
+        raise DocumentError(
+            f"DataSet name {args.name!r}: 1-128 of [A-Za-z0-9_.-], not starting with '-' or '.'"
+        )
+    for i, value in enumerate(values):
+        error = value_error(value)
+        if error is not None:
+            raise DocumentError(f"value {error}", location=Location(where, i + 1))
+    return [v for v in dict.fromkeys(values) if v]
 
 
-def _values(doc: Document) -> frozenset[str]:
-    values = doc.spec.get("values", [])
-    return frozenset(str(v) for v in values) if isinstance(values, list) else frozenset()
+def _report(args: argparse.Namespace, result: SetResult) -> int:
+    print(
+        f"{result.state}: tenant {args.tenant} version {result.version} set {result.name} "
+        f"({result.size})"
+    )
+    return 0
 
 
 async def _list(admin: PolicyAdmin, args: argparse.Namespace) -> int:
-    revision = await admin.get(args.tenant)
-    for name, doc in sorted(_sets(revision.documents).items()):
-        print(f"{name}\t{len(_values(doc))}")
+    await admin.current(args.tenant)
+    versions = await admin.sets.versions(args.tenant)
+    sizes = (await admin.sets.sizes([args.tenant])).get(args.tenant, {})
+    for name in sorted(versions):
+        print(f"{name}\t{sizes.get(name, 0)}")
     return 0
 
 
 async def _get(admin: PolicyAdmin, args: argparse.Namespace) -> int:
-    from extauthz.store.redis_admin import NotFound
+    from extauthz.store.redis_model import NotFound
 
-    revision = await admin.get(args.tenant)
-    doc = _sets(revision.documents).get(args.name)
-    if doc is None:
+    if args.name not in await admin.sets.versions(args.tenant):
         raise NotFound(f"tenant {args.tenant!r} has no DataSet {args.name!r}")
-    sys.stdout.writelines(f"{v}\n" for v in sorted(_values(doc)))
+    values: set[str] = set()
+    async for chunk in admin.sets.scan(args.tenant, args.name):
+        values.update(v.decode("utf-8", "backslashreplace") for v in chunk)
+    sys.stdout.writelines(f"{v}\n" for v in sorted(values))
     return 0
 
 
 async def _add(admin: PolicyAdmin, args: argparse.Namespace) -> int:
-    added = frozenset(args.values)
-    return await _change(admin, args, lambda old: old | added)
+    values = _checked(args, args.values, "argument")
+    if not values:
+        raise DocumentError("no value to add")
+    return _report(args, await admin.sets.add(args.tenant, args.name, values))
 
 
 async def _remove(admin: PolicyAdmin, args: argparse.Namespace) -> int:
-    removed = frozenset(args.values)
-    return await _change(admin, args, lambda old: old - removed)
+    values = _checked(args, args.values, "argument")
+    if not values:
+        raise DocumentError("no value to remove")
+    return _report(args, await admin.sets.remove(args.tenant, args.name, values))
 
 
 async def _import(admin: PolicyAdmin, args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text(encoding="utf-8")
-    values = frozenset(line.strip() for line in text.splitlines() if line.strip())
-    return await _change(admin, args, lambda old: values)
+    where = "<stdin>" if str(args.file) == "-" else str(args.file)
+    text = sys.stdin.read() if where == "<stdin>" else args.file.read_text(encoding="utf-8")
+    values = _checked(args, [line.strip() for line in text.splitlines()], where)
+    await admin.current(args.tenant)  # an unknown tenant: stage nothing
+    start = last = time.monotonic()
 
+    def progress(written: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY:
+            last = now
+            print(f"staged {written} of {len(values)} values", file=sys.stderr, flush=True)
 
-async def _change(admin: PolicyAdmin, args: argparse.Namespace, change: Change) -> int:
-    """Read, change the set, write with the version read expected; retry on a conflict."""
-    for attempt in range(RETRIES):
-        revision = await admin.get(args.tenant)
-        docs = list(revision.documents)
-        current = _sets(docs).get(args.name)
-        old = _values(current) if current is not None else frozenset()
-        new = change(old)
-        if current is not None and new == old:
-            print(f"unchanged: tenant {args.tenant} version {revision.version} set {args.name}")
-            return 0
-        body = {
-            "apiVersion": "extauthz.io/v1",
-            "kind": KIND_DATASET,
-            "metadata": {"name": args.name, "namespace": args.tenant},
-            "spec": {"values": sorted(new)},
-        }
-        doc = document_from_data(body, f"{args.tenant}/{args.name}")
-        docs = [doc if d is current else d for d in docs] if current else [*docs, doc]
-        try:
-            (result,) = await admin.apply(
-                docs, expected=revision.version, keep=int(args.keep_versions)
-            )
-        except ConflictError:
-            if attempt == RETRIES - 1:
-                raise
-            continue
-        size = len(new)
-        print(f"applied: tenant {args.tenant} version {result.version} set {args.name} ({size})")
-        return 0
-    return 0  # pragma: no cover - the loop returns or raises
+    staging = await admin.sets.stage(args.tenant, args.name, values, progress)
+    result = await admin.sets.replace(args.tenant, args.name, staging)
+    if time.monotonic() - start >= PROGRESS_EVERY:
+        print(f"imported {len(values)} values", file=sys.stderr)
+    return _report(args, result)

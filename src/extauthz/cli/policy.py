@@ -17,13 +17,14 @@ import difflib
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from extauthz.authn import JwksCache
 from extauthz.cli import _env
-from extauthz.documents import Document, dump_documents
+from extauthz.datasets import parse_datasets
+from extauthz.documents import KIND_DATASET, Document, dump_documents
 from extauthz.errors import ConflictError, DocumentError, StoreError
 from extauthz.loader import compile_all
 from extauthz.store.files import read_directory
@@ -206,12 +207,19 @@ async def _apply(admin: PolicyAdmin, args: argparse.Namespace) -> int:
     for result in results:
         state = "applied" if result.changed else "unchanged"
         print(f"{state}: tenant {result.tenant} version {result.version}")
+        for s in result.sets:
+            print(f"{s.state}: tenant {result.tenant} set {s.name} version {s.version} ({s.size})")
     return 0
 
 
 async def _get(admin: PolicyAdmin, args: argparse.Namespace) -> int:
     revision = await admin.get(args.tenant, args.version)
     print(f"# tenant {revision.tenant} version {revision.version}")
+    versions = await admin.sets.versions(args.tenant)
+    sizes = (await admin.sets.sizes([args.tenant])).get(args.tenant, {})
+    for name in sorted(versions):  # run-time data: listed, not versioned with the documents
+        print(f"# DataSet {name}: {sizes.get(name, 0)} values, version {versions[name]} "
+              "(extauthz data get)")  # fmt: skip
     sys.stdout.write(dump_documents(revision.documents))
     return 0
 
@@ -247,7 +255,7 @@ async def _diff(admin: PolicyAdmin, args: argparse.Namespace) -> int:
     from extauthz.store.redis_admin import NotFound
 
     docs = _read(args.paths)
-    admin.compile(docs)
+    await admin.compile(docs)
     differ = False
     for tenant, group in sorted(group_by_tenant(docs).items()):
         try:
@@ -255,18 +263,37 @@ async def _diff(admin: PolicyAdmin, args: argparse.Namespace) -> int:
             stored, label = dump_documents(revision.documents), f"redis/{tenant}@{revision.version}"
         except NotFound:
             stored, label = "", f"redis/{tenant} (absent)"
-        wanted = dump_documents(group)
-        lines = list(
-            difflib.unified_diff(
-                stored.splitlines(keepends=True),
-                wanted.splitlines(keepends=True),
-                fromfile=label,
-                tofile=f"files/{tenant}",
+        wanted = dump_documents([d for d in group if d.kind != KIND_DATASET])
+        pairs = [(stored, wanted, label, f"files/{tenant}")]
+        # a DataSet with values: compare them with the set's (one per line, sorted)
+        versions = await admin.sets.versions(tenant)
+        for name, values in parse_datasets(group).items():
+            if name not in versions:
+                differ = True
+                print(f"--- redis/{tenant}/{name} (absent)\n+++ files/{tenant}/{name}")
+                sys.stdout.writelines(f"+{v}\n" for v in sorted(values or ()))
+            elif values is not None:
+                held: set[str] = set()
+                async for chunk in admin.sets.scan(tenant, name):
+                    held.update(v.decode("utf-8", "backslashreplace") for v in chunk)
+                source = f"redis/{tenant}/{name}@{versions[name]}"
+                pairs.append((_lines(held), _lines(values), source, f"files/{tenant}/{name}"))
+        for before, after, source, target in pairs:
+            lines = list(
+                difflib.unified_diff(
+                    before.splitlines(keepends=True),
+                    after.splitlines(keepends=True),
+                    fromfile=source,
+                    tofile=target,
+                )
             )
-        )
-        differ = differ or bool(lines)
-        sys.stdout.writelines(lines)
+            differ = differ or bool(lines)
+            sys.stdout.writelines(lines)
     return 1 if differ else 0
+
+
+def _lines(values: Iterable[str]) -> str:
+    return "".join(f"{v}\n" for v in sorted(values))
 
 
 async def _delete(admin: PolicyAdmin, args: argparse.Namespace) -> int:

@@ -21,6 +21,11 @@ Variables (absent values are empty strings, empty maps or lists; never missing):
   ``data["revoked-jti"]`` for names with a dash). Lists are copied into the runtime on every
   evaluation, so an expression may read at most ``MAX_COPIED_VALUES`` values this way
 
+Sets are read from the tenant's ``DataSets`` when a condition is evaluated, not copied at
+compile time, so a store can change them without a recompile. A set that is not held (a
+store's set that never loaded), or sets read as lists that have grown past the limit, are an
+evaluation error, decided fail-closed.
+
 Cost: the runtime has no cost limit, so it is bounded at validation: an expression is at most
 ``MAX_EXPRESSION_BYTES`` long, and comprehension macros (``all``, ``exists``, ``exists_one``,
 ``map``, ``filter``) may not nest, so the work of one expression grows linearly with the size
@@ -43,6 +48,7 @@ from urllib.parse import parse_qsl
 
 from cel_expr_python import cel
 
+from extauthz.datasets import DataSets
 from extauthz.model import Subject
 from extauthz.policy.matchers import Ctx
 
@@ -113,7 +119,7 @@ class CelProgram:
     source: str
     expression: Any = field(repr=False, compare=False)
     variables: frozenset[str] = frozenset()  # the variables it reads
-    data: Mapping[str, list[str]] | None = None  # the sets it reads as lists (``data.name``)
+    data: tuple[str, ...] | None = None  # the sets it reads as lists (``data.name``)
 
     def __call__(self, variables: Mapping[str, Any]) -> bool | None:
         try:
@@ -136,10 +142,10 @@ class CelProgram:
 class CelEnv:
     """The CEL environment of one tenant: its name, time zone and data sets."""
 
-    def __init__(self, tenant: str, time_zone: str, datasets: Mapping[str, frozenset[str]]) -> None:
+    def __init__(self, tenant: str, time_zone: str, data: DataSets) -> None:
         self.tenant = tenant
         self.time_zone = time_zone
-        self.datasets = datasets
+        self.data = data
         self.errors = ErrorCounter()
         self._env: Any = None  # built on the first expression: most tenants have none
         self.reads: set[str] = set()  # what the tenant's expressions read, but ``data``
@@ -165,10 +171,14 @@ class CelEnv:
         return self._env
 
     def _contains(self, name: str, value: str) -> bool:
-        values = self.datasets.get(name)
+        values = self.data.get(name)
         if values is None:
             raise KeyError(f"no DataSet {name!r}")  # an evaluation error: fail closed
         return value in values
+
+    def lists(self, names: tuple[str, ...]) -> dict[str, list[str]]:
+        """The sets ``names`` as lists for ``data``; raises LookupError or ValueError."""
+        return self.data.lists(names, MAX_COPIED_VALUES)
 
     def compile(self, source: str) -> CelProgram:
         """Compile and type-check ``source``; raises CelError saying what is wrong."""
@@ -226,28 +236,29 @@ class CelEnv:
         return built
 
     def _known(self, name: str) -> None:
-        if name not in self.datasets:
-            known = ", ".join(sorted(self.datasets)) or "none"
+        if not self.data.knows(name):
+            known = ", ".join(self.data.names()) or "none"
             raise CelError(f"no DataSet {name!r} in tenant {self.tenant!r} (known: {known})")
 
-    def _data_variable(self, source: str) -> dict[str, list[str]] | None:
-        """The sets ``source`` reads through the ``data`` variable, as lists, or None."""
+    def _data_variable(self, source: str) -> tuple[str, ...] | None:
+        """The names of the sets ``source`` reads through the ``data`` variable, or None."""
         text = _strip_strings(source)
         if not _DATA_VARIABLE.search(text):
             return None
         selects = [m[1] or source[m.start(2) : m.end(2)] for m in _DATA_SELECT.finditer(text)]
         # ``data`` used any other way (``data[x]``, ``data.size()``): every set
         uses = len(_DATA_VARIABLE.findall(text))
-        names = selects if uses == len(selects) else list(self.datasets)
-        for name in selects:
+        names = sorted(set(selects if uses == len(selects) else self.data.names()))
+        for name in names:
             self._known(name)
-        size = sum(len(self.datasets[n]) for n in set(names))
+        # A live set's size at compile time says nothing of its size when read: checked then.
+        size = 0 if self.data.live else sum(self.data.size(n) for n in names)
         if size > MAX_COPIED_VALUES:
             raise CelError(
                 f"reads {size} DataSet values as lists, copied on every request (at most "
                 f"{MAX_COPIED_VALUES}); test membership with data.contains(name, value)"
             )
-        return {n: sorted(self.datasets[n]) for n in set(names)}
+        return tuple(names)
 
 
 def _message(text: str) -> str:

@@ -9,11 +9,11 @@ counted on the tenant's ``CelEnv.errors``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 from zoneinfo import ZoneInfo
 
+from extauthz.datasets import DataSets
 from extauthz.documents import Document, Path
 from extauthz.policy.celexpr import CelEnv, CelError, CelProgram, activation
 from extauthz.policy.matchers import Ctx, Matcher
@@ -32,12 +32,12 @@ class CustomContext:
 
     tenant: str
     time_zone: str = "UTC"
-    datasets: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    data: DataSets = field(default_factory=DataSets, compare=False)
     cel: CelEnv = field(init=False, repr=False, compare=False)
     zone: ZoneInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "cel", CelEnv(self.tenant, self.time_zone, self.datasets))
+        object.__setattr__(self, "cel", CelEnv(self.tenant, self.time_zone, self.data))
         object.__setattr__(self, "zone", ZoneInfo(self.time_zone))
 
 
@@ -89,10 +89,8 @@ def _cel_matcher(
 ) -> Matcher:
     counter = env.errors
     names = tuple(sorted(frozenset().union(*(p.variables for p in programs)) - {"data"}))
-    data: dict[str, list[str]] = {}
-    for program in programs:
-        data.update(program.data or {})
     reads_data = any(p.data is not None for p in programs)
+    sets = tuple(sorted({n for p in programs for n in p.data or ()}))
 
     def cel_condition(ctx: Ctx) -> bool:
         shared = None if reads_data else env.shared(ctx)
@@ -107,11 +105,11 @@ def _cel_matcher(
         else:
             try:
                 variables = activation(ctx, env, names)
-            except (RecursionError, ValueError, TypeError):  # e.g. claims nested too deep
+                if reads_data:  # a set not held, or grown past the list limit: an error
+                    variables["data"] = env.lists(sets)
+            except (RecursionError, LookupError, ValueError, TypeError):  # e.g. claims too deep
                 counter.count += 1
                 return fail
-            if reads_data:
-                variables["data"] = data
             for program in programs:
                 result = program(variables)
                 if result is True:

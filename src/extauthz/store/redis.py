@@ -19,11 +19,17 @@ writes, a restored backup, a re-created record after a FLUSHALL), reporting it l
 rejected record while the held version keeps serving. Rollback and delete write a new,
 higher version, so they are never refused; a deliberate return to lower versions (a whole
 Redis restored on purpose) takes a restart of the replicas, which forgets the marks.
+
+DataSets follow the same rules at the cost of each change (``redis_datasets.py``): every
+tenant's sets are loaded with the tenants (before the first ``replace_all``), resynced on
+every reconnect, and changed in place when a notification names a set; each tenant source
+handed to the sink carries the tenant's live sets, so a set's change never recompiles it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Iterable
@@ -34,12 +40,15 @@ from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
 from extauthz.catalog import DeferredSource
+from extauthz.datasets import check_set_name
 from extauthz.errors import DocumentError, Location
 from extauthz.sources import TenantSource
 from extauthz.store.base import Sink, Store
 from extauthz.store.redis_client import Client, connect, display_target, parse_url
+from extauthz.store.redis_datasets import DataSetFollower
 from extauthz.store.redis_deferred import read_record
 from extauthz.store.redis_model import RECORD_FIELDS, Record, Rejected, TenantRepo, chunks
+from extauthz.store.redis_sets import SetRepo
 from extauthz.tenancy import check_tenant_name
 
 __all__ = ["RedisStore"]
@@ -75,6 +84,7 @@ class RedisStore(Store):
     def __init__(self, client: Client, prefix: str, *, where: str = "redis") -> None:
         self.client = client
         self.repo = TenantRepo(client, prefix)
+        self.sets = DataSetFollower(SetRepo(client, prefix))
         self.where = where
         self.loaded = False
         # tenant -> the version last reported to the sink (accepted, rejected or deleted)
@@ -130,22 +140,42 @@ class RedisStore(Store):
                 message = await pubsub.get_message(timeout=5.0)
                 if message is None:
                     continue
-                changed = {self._parse(message)}
-                while len(changed) < MAX_BATCH:  # coalesce a burst into one read
+                tenants: set[str] = set()
+                sets: dict[tuple[str, str], int | None] = {}
+                self._parse(message, tenants, sets)
+                while len(tenants) + len(sets) < MAX_BATCH:  # coalesce a burst
                     more = await pubsub.get_message(timeout=0)
                     if more is None:
                         break
-                    changed.add(self._parse(more))
-                changed.discard(None)
-                await self._refresh(sink, [t for t in changed if t is not None])
+                    self._parse(more, tenants, sets)
+                # sets first: a record that names a new set is compiled after the set is in
+                for (tenant, name), version in sets.items():
+                    await self.sets.follow(sink, tenant, name, version)
+                await self._refresh(sink, sorted(tenants))
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    def _parse(self, message: dict[str, Any]) -> str | None:
+    def _parse(
+        self,
+        message: dict[str, Any],
+        tenants: set[str],
+        sets: dict[tuple[str, str], int | None],
+    ) -> None:
+        """Add what ``message`` announces: "acme 8" (a record) or "acme/<set> 5" (a set)."""
         data = message.get("data")
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
-        tenant, _, _version = text.partition(" ")
-        return tenant if check_tenant_name(tenant) else None
+        head, space, version = text.rpartition(" ")
+        if not space:
+            head, version = text, ""
+        tenant, slash, name = head.partition("/")
+        if not check_tenant_name(tenant):
+            return
+        if not slash:
+            tenants.add(tenant)
+        elif check_set_name(name):
+            hint = int(version) if version.isdigit() else None
+            known = sets.get((tenant, name), 0)
+            sets[(tenant, name)] = None if hint is None or known is None else max(hint, known)
 
     async def _full_load(self, sink: Sink) -> None:
         """Read and check every record, hand them over (``replace_all``: the sink routes them
@@ -172,19 +202,32 @@ class RedisStore(Store):
             if now - last >= PROGRESS_EVERY:
                 last = now
                 log.info("loading tenants from redis", read=count, elapsed=round(now - start, 1))
+        read_at = time.monotonic()
+        sets = await self.sets.sync_all(sink)
         fetched = time.monotonic()
-        sink.replace_all(sources)
+        sink.replace_all({tenant: self._with_data(s) for tenant, s in sources.items()})
         self._held = set(sources)
         self.loaded = True
         log.info(
             "tenants loaded from redis",
             tenants=len(sources),
             records=count,
-            read_seconds=round(fetched - start, 2),
+            data_sets=sets,
+            read_seconds=round(read_at - start, 2),
+            data_sets_seconds=round(fetched - read_at, 2),
             compile_seconds=round(time.monotonic() - fetched, 2),
             where=self.where,
         )
         self._settling = asyncio.create_task(self._settle(sink), name="compile tenants")
+
+    def _with_data(self, source: TenantSource | DeferredSource) -> TenantSource | DeferredSource:
+        """``source`` with the tenant's live sets, which this store keeps apart from its
+        documents (a deferred source gets them when it is decoded)."""
+        data = self.sets.of(source.tenant)
+        if isinstance(source, TenantSource):
+            return dataclasses.replace(source, data=data)
+        decode = source.decode
+        return dataclasses.replace(source, decode=lambda: dataclasses.replace(decode(), data=data))
 
     async def _settle(self, sink: Sink) -> None:
         try:
@@ -203,7 +246,13 @@ class RedisStore(Store):
                 tenant=tenant,
                 version=self._seen.get(tenant),
             )
-        log.info("resynchronizing with redis", tenants=len(versions), changed=len(changed))
+        sets = await self.sets.sync_all(sink)
+        log.info(
+            "resynchronizing with redis",
+            tenants=len(versions),
+            changed=len(changed),
+            data_sets_changed=sets,
+        )
         await self._refresh(sink, changed)
 
     async def _refresh(self, sink: Sink, tenants: Iterable[str]) -> None:
@@ -233,7 +282,8 @@ class RedisStore(Store):
                             sink.update(tenant, None)
                     else:
                         self._held.add(tenant)
-                        sink.update(tenant, record.source)
+                        source = dataclasses.replace(record.source, data=self.sets.of(tenant))
+                        sink.update(tenant, source)
 
     def _refuse_older(self, sink: Sink, record: Record) -> None:
         """A version below the highest applied one: keep what is held, report it once."""

@@ -4,6 +4,12 @@ Every write (apply, rollback) runs the server's own loader, ``catalog.compile_do
 on each tenant and checks the tenants' routing against every other tenant in Redis with
 ``TenantRouter``, before a single key is written. Each tenant is then written atomically
 (one Lua script) as its next version; a stale ``expected`` version is a ConflictError.
+
+DataSet documents are not stored in the record: their values are staged, then replace the
+tenant's set keys in the same script as the record (``redis_sets``); a DataSet without
+``values`` declares the set (created empty, its values kept if it exists). A policy is
+compiled against the sets the write brings and those already in Redis, so one that names
+a set that exists in neither is refused.
 """
 
 from __future__ import annotations
@@ -12,18 +18,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from extauthz.authn import JwksCache
-from extauthz.catalog import CompiledTenant
-from extauthz.documents import KIND_POLICY, Document
+from extauthz.catalog import CompiledTenant, compile_documents
+from extauthz.datasets import DataSets, parse_datasets
+from extauthz.documents import KIND_DATASET, KIND_POLICY, Document
 from extauthz.errors import DocumentError, ExtauthzError
-from extauthz.loader import compile_each, route_conflict
+from extauthz.loader import route_conflict
 from extauthz.store.redis_model import (
     DEFAULT_KEEP,
+    NotFound,
     Record,
+    StagedSet,
     TenantRepo,
     WriteResult,
     decode_documents,
 )
-from extauthz.tenancy import TenantConflict, group_by_tenant
+from extauthz.store.redis_sets import SetRepo
+from extauthz.tenancy import TenantConflict, check_document_names, group_by_tenant
 
 __all__ = ["InvalidDocuments", "NotFound", "PolicyAdmin", "Revision"]
 
@@ -34,10 +44,6 @@ class InvalidDocuments(ExtauthzError):
     def __init__(self, errors: Sequence[DocumentError | TenantConflict]) -> None:
         self.errors = list(errors)
         super().__init__("; ".join(str(e) for e in self.errors))
-
-
-class NotFound(ExtauthzError):
-    """No such tenant (or version) in Redis."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +60,29 @@ class PolicyAdmin:
 
     def __init__(self, repo: TenantRepo, jwks: JwksCache | None = None) -> None:
         self.repo = repo
+        self.sets = SetRepo(repo.client, repo.keys.prefix)
         self.jwks = jwks or JwksCache()
 
-    def compile(self, docs: Sequence[Document]) -> dict[str, CompiledTenant]:
-        """Compile every tenant in ``docs``. Raises InvalidDocuments with every error."""
-        compiled, errors = compile_each(group_by_tenant(docs), self.jwks)
+    async def compile(self, docs: Sequence[Document]) -> dict[str, CompiledTenant]:
+        """Compile every tenant in ``docs`` against the sets it would have once written.
+        Raises InvalidDocuments with every error."""
+        compiled: dict[str, CompiledTenant] = {}
+        errors: list[DocumentError] = []
+        groups = group_by_tenant(docs)
+        stored = await self.sets.sizes(sorted(groups))
+        for name, group in sorted(groups.items()):
+            try:
+                check_document_names(group)
+                sets = parse_datasets(group)
+                sizes = dict(stored.get(name, {}))
+                for set_name, values in sets.items():
+                    if values is not None or set_name not in sizes:
+                        sizes[set_name] = len(values or ())
+                compiled[name] = compile_documents(
+                    name, _record(group), self.jwks, data=DataSets(sizes=sizes)
+                )
+            except DocumentError as exc:
+                errors.append(exc)
         if errors:
             raise InvalidDocuments(errors)
         return compiled
@@ -81,22 +105,37 @@ class PolicyAdmin:
         """Replace each tenant named in ``docs`` with exactly those documents."""
         if not docs:
             raise InvalidDocuments([DocumentError("no documents to apply")])
-        compiled = self.compile(docs)
+        compiled = await self.compile(docs)
         if expected is not None and len(compiled) != 1:
             raise ValueError("--expected-version applies to one tenant at a time")
         await self.check_routes(compiled)
         groups = group_by_tenant(docs)
         return [
-            await self.repo.write(
-                name,
-                groups[name],
-                spec=tenant.spec,
-                policies=_policies(groups[name]),
-                expected=expected,
-                keep=keep,
-            )
+            await self._write(tenant, groups[name], expected=expected, keep=keep)
             for name, tenant in compiled.items()
         ]
+
+    async def _write(
+        self, tenant: CompiledTenant, docs: Sequence[Document], *, expected: int | None, keep: int
+    ) -> WriteResult:
+        """The tenant's record (``docs`` but its DataSets) and its DataSets, in one step."""
+        staged = [
+            StagedSet(
+                name,
+                None if values is None else await self.sets.stage(tenant.name, name, values),
+            )
+            for name, values in parse_datasets(docs).items()
+        ]
+        record = _record(docs)
+        return await self.repo.write(
+            tenant.name,
+            record,
+            spec=tenant.spec,
+            policies=_policies(record),
+            expected=expected,
+            keep=keep,
+            sets=staged,
+        )
 
     async def current(self, tenant: str) -> Record:
         """The tenant's current record (a tombstone has ``source`` None)."""
@@ -140,20 +179,21 @@ class PolicyAdmin:
                 raise NotFound(f"tenant {tenant!r} has no earlier version to roll back to")
             to = max(earlier)
         revision = await self.get(tenant, to)
-        compiled = self.compile(revision.documents)
+        compiled = await self.compile(revision.documents)
         await self.check_routes(compiled)
         if tenant not in compiled:
             raise InvalidDocuments([DocumentError(f"version {to} holds no documents")])
-        docs = revision.documents
-        result = await self.repo.write(
-            tenant,
-            docs,
-            spec=compiled[tenant].spec,
-            policies=_policies(docs),
-            expected=record.version,
-            keep=keep,
+        # A version stored by an earlier release may hold DataSets: they are written back
+        # like an apply's. The sets themselves are run-time data, not versioned.
+        result = await self._write(
+            compiled[tenant], revision.documents, expected=record.version, keep=keep
         )
         return to, result
+
+
+def _record(docs: Sequence[Document]) -> list[Document]:
+    """What the tenant's record holds: its documents but the DataSets."""
+    return [d for d in docs if d.kind != KIND_DATASET]
 
 
 def _policies(docs: Sequence[Document]) -> int:

@@ -5,7 +5,11 @@ Cluster slot and one Lua script can update them atomically (see docs/redis.md)::
 
     {P}:{acme}:current   HASH  version, documents, digest, match, policies, deleted, updated
     {P}:{acme}:history   HASH  <version> -> documents of that earlier version (last N kept)
-    {P}:changes          channel; a write publishes "acme 8" after it commits
+    {P}:{acme}:sets      HASH  <set> -> version of that DataSet (see redis_sets.py)
+    {P}:{acme}:set:<set> SET   the DataSet's values
+    {P}:{acme}:setlog:<set>  HASH  <version> -> the change that made it (the last N kept)
+    {P}:changes          channel; a write publishes "acme 8" (a record) or
+                         "acme/revoked-jti 5" (a DataSet) after it commits
 
 ``documents`` is a JSON array of the tenant's documents (the same shape as the YAML
 files), ``digest`` its SHA-256, so a value changed outside extauthz or cut short is
@@ -27,19 +31,25 @@ from typing import Any, Final
 from redis.exceptions import RedisError, ResponseError
 
 from extauthz.documents import Document, document_from_data
-from extauthz.errors import ConflictError, DocumentError, Location, StoreError
+from extauthz.errors import ConflictError, DocumentError, ExtauthzError, Location, StoreError
 from extauthz.sources import TenantSource
 from extauthz.store.redis_client import Client
+from extauthz.store.redis_scripts import WRITE_SCRIPT
 from extauthz.tenancy import TenantMatch, TenantSpec, check_tenant_name, normalize_host_pattern
 
 __all__ = [
     "DEFAULT_KEEP",
     "RECORD_FIELDS",
+    "SET_LOG_KEEP",
     "Keys",
+    "NotFound",
     "Record",
     "Rejected",
+    "SetResult",
+    "StagedSet",
     "TenantRepo",
     "WriteResult",
+    "as_text",
     "check_record",
     "decode_documents",
     "decode_record",
@@ -49,47 +59,13 @@ __all__ = [
 ]
 
 DEFAULT_KEEP: Final = 10
+SET_LOG_KEEP: Final = 256  # changes kept per DataSet: a replica this far behind catches up
 RECORD_FIELDS: Final = ("version", "deleted", "digest", "documents", "match")
 SCAN_COUNT: Final = 1000
 
-# KEYS: current, history. ARGV: expected version ("" = any), op ("put" | "delete"),
-# documents, digest, match, policies, now, keep, channel, tenant.
-# Returns {status, version}: status "ok", "unchanged" or "conflict" (version = current).
-WRITE_SCRIPT: Final = """
-local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0
-if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= cur then
-  return {'conflict', cur}
-end
-local old = redis.call('HMGET', KEYS[1], 'documents', 'digest', 'deleted')
-local live = old[1] and old[3] ~= '1'
-if ARGV[2] == 'put' and live and old[2] == ARGV[4] then
-  return {'unchanged', cur}
-end
-if ARGV[2] == 'delete' and not live then
-  return {'unchanged', cur}
-end
-local new = cur + 1
-if live then
-  redis.call('HSET', KEYS[2], tostring(cur), old[1])
-end
-if ARGV[2] == 'put' then
-  redis.call('HSET', KEYS[1], 'version', new, 'documents', ARGV[3], 'digest', ARGV[4],
-             'match', ARGV[5], 'policies', ARGV[6], 'deleted', '0', 'updated', ARGV[7])
-else
-  redis.call('HDEL', KEYS[1], 'documents', 'digest', 'match', 'policies')
-  redis.call('HSET', KEYS[1], 'version', new, 'deleted', '1', 'updated', ARGV[7])
-end
-local keep = tonumber(ARGV[8])
-if redis.call('HLEN', KEYS[2]) > keep then
-  for _, v in ipairs(redis.call('HKEYS', KEYS[2])) do
-    if tonumber(v) == nil or tonumber(v) < new - keep then
-      redis.call('HDEL', KEYS[2], v)
-    end
-  end
-end
-redis.call('PUBLISH', ARGV[9], ARGV[10] .. ' ' .. new)
-return {'ok', new}
-"""
+
+class NotFound(ExtauthzError):
+    """No such tenant, version or DataSet in Redis."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +80,19 @@ class Keys:
     def history(self, tenant: str) -> str:
         return f"{self.prefix}:{{{tenant}}}:history"
 
+    def sets(self, tenant: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:sets"
+
+    def set(self, tenant: str, name: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:set:{name}"
+
+    def set_log(self, tenant: str, name: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}:setlog:{name}"
+
+    def staging(self, tenant: str, name: str, token: str) -> str:
+        """Where a set's new values are written before they replace it (same slot)."""
+        return f"{self.prefix}:{{{tenant}}}:staging:{name}:{token}"
+
     @property
     def channel(self) -> str:
         return f"{self.prefix}:changes"
@@ -112,13 +101,17 @@ class Keys:
     def current_pattern(self) -> str:
         return f"{self.prefix}:{{*}}:current"
 
-    def tenant_of(self, key: bytes | str) -> str | None:
+    @property
+    def sets_pattern(self) -> str:
+        return f"{self.prefix}:{{*}}:sets"
+
+    def tenant_of(self, key: bytes | str, suffix: str = "current") -> str | None:
         """``{P}:{acme}:current`` -> ``acme``; None for a key that is not ours."""
         text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-        head = f"{self.prefix}:{{"
-        if not (text.startswith(head) and text.endswith("}:current")):
+        head, tail = f"{self.prefix}:{{", f"}}:{suffix}"
+        if not (text.startswith(head) and text.endswith(tail)):
             return None
-        tenant = text[len(head) : -len("}:current")]
+        tenant = text[len(head) : -len(tail)]
         return tenant if check_tenant_name(tenant) else None
 
 
@@ -142,13 +135,34 @@ class Rejected:
 
 
 @dataclass(frozen=True, slots=True)
+class SetResult:
+    """What a write did to one DataSet: ``state`` applied, unchanged or kept (declared and
+    already there); its version and size after the write."""
+
+    name: str
+    state: str
+    version: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class StagedSet:
+    """A DataSet written with a record: its values staged in ``staging`` (None: declared
+    only, created empty unless it exists)."""
+
+    name: str
+    staging: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class WriteResult:
     tenant: str
     version: int
     changed: bool  # False: the same documents were already current (no new version)
+    sets: tuple[SetResult, ...] = ()
 
 
-def _text(value: bytes | str | None) -> str | None:
+def as_text(value: bytes | str | None) -> str | None:
     if value is None:
         return None
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
@@ -184,7 +198,7 @@ def decode_record(tenant: str, key: str, values: Sequence[Any]) -> Record:
 def check_record(key: str, values: Sequence[Any]) -> tuple[int, str | None]:
     """A record's version and documents text (None: a tombstone), checked (version, whole,
     digest) but not decoded. Raises DocumentError."""
-    raw_version, deleted, digest, documents = (_text(v) for v in values[:4])
+    raw_version, deleted, digest, documents = (as_text(v) for v in values[:4])
     where = Location(f"redis:{key}")
     if raw_version is None:
         raise DocumentError("record has no version (not written by extauthz?)", location=where)
@@ -233,7 +247,7 @@ def spec_of_match(tenant: str, text: str) -> TenantSpec:
 
 def _stored_routes(tenant: str, value: bytes | str | None) -> TenantSpec | None:
     """The routes a rejected record still claims: its stored ``match``, when it reads."""
-    text = _text(value)
+    text = as_text(value)
     try:
         return spec_of_match(tenant, text) if text else None
     except (ValueError, TypeError, AttributeError):
@@ -292,7 +306,7 @@ class TenantRepo:
             return decode_record(tenant, key, value)
         except DocumentError as exc:
             routes = _stored_routes(tenant, value[4] if len(value) > 4 else None)
-            return Rejected(tenant, _text(value[0]) or "?", exc, routes)
+            return Rejected(tenant, as_text(value[0]) or "?", exc, routes)
 
     async def versions(self) -> dict[str, str]:
         """Every tenant's current version (as text; "" when unreadable), tombstones included."""
@@ -303,7 +317,7 @@ class TenantRepo:
                 if isinstance(value, ResponseError):
                     out[tenant] = ""
                 elif value[0] is not None:
-                    out[tenant] = _text(value[0]) or ""
+                    out[tenant] = as_text(value[0]) or ""
         return out
 
     async def routes(self) -> dict[str, TenantSpec]:
@@ -314,7 +328,7 @@ class TenantRepo:
             for tenant, value in zip(batch, values, strict=True):
                 if isinstance(value, ResponseError):
                     continue
-                deleted, match = (_text(v) for v in value)
+                deleted, match = (as_text(v) for v in value)
                 if deleted != "1" and match:
                     try:
                         out[tenant] = spec_of_match(tenant, match)
@@ -331,7 +345,7 @@ class TenantRepo:
             if isinstance(value, ResponseError):
                 out.append({"tenant": tenant, "error": str(value)})
                 continue
-            version, deleted, policies, updated = (_text(v) for v in value)
+            version, deleted, policies, updated = (as_text(v) for v in value)
             out.append(
                 {
                     "tenant": tenant,
@@ -348,9 +362,9 @@ class TenantRepo:
         raw: dict[Any, Any] = await self.client.hgetall(self.keys.history(tenant))
         out: dict[int, str] = {}
         for k, v in raw.items():
-            key = _text(k) or ""
+            key = as_text(k) or ""
             if key.isdigit():
-                out[int(key)] = _text(v) or ""
+                out[int(key)] = as_text(v) or ""
         return dict(sorted(out.items()))
 
     async def write(
@@ -362,8 +376,10 @@ class TenantRepo:
         policies: int = 0,
         expected: int | None = None,
         keep: int = DEFAULT_KEEP,
+        sets: Sequence[StagedSet] = (),
     ) -> WriteResult:
-        """Store ``docs`` (None: delete) atomically as the next version and announce it.
+        """Store ``docs`` (None: delete) atomically as the next version and announce it,
+        with ``sets`` replaced (or declared) in the same step.
 
         The caller has validated and compiled ``docs``. Raises ConflictError when
         ``expected`` is given and is not the current version.
@@ -378,9 +394,23 @@ class TenantRepo:
             except (TypeError, ValueError) as exc:
                 raise StoreError(f"{tenant}: documents are not representable: {exc}") from None
             args = ["put", text, digest, match_json(spec), policies]
+        set_keys: list[str] = []
+        set_args: list[str] = []
+        for staged in sets:
+            set_keys += [
+                self.keys.set(tenant, staged.name),
+                self.keys.set_log(tenant, staged.name),
+                staged.staging or self.keys.staging(tenant, staged.name, "none"),
+            ]
+            set_args += [staged.name, "declare" if staged.staging is None else "replace"]
         try:
-            status, version = await self._write(
-                keys=[self.keys.current(tenant), self.keys.history(tenant)],
+            status, version, written = await self._write(
+                keys=[
+                    self.keys.current(tenant),
+                    self.keys.history(tenant),
+                    self.keys.sets(tenant),
+                    *set_keys,
+                ],
                 args=[
                     "" if expected is None else str(expected),
                     *args,
@@ -388,17 +418,28 @@ class TenantRepo:
                     max(keep, 1),
                     self.keys.channel,
                     tenant,
+                    SET_LOG_KEEP,
+                    *set_args,
                 ],
             )
         except RedisError as exc:
             raise StoreError(f"{tenant}: write failed: {exc}") from exc
-        status = _text(status)
+        status = as_text(status)
         if status == "conflict":
             raise ConflictError(
                 f"tenant {tenant!r} is at version {version}, not the expected {expected}; "
                 "re-read it (extauthz policy get) and retry"
             )
-        return WriteResult(tenant, int(version), status == "ok")
+        if status == "badset":
+            raise StoreError(
+                f"{tenant}: the version of DataSet {as_text(version)!r} in "
+                f"{self.keys.sets(tenant)} is not a number (changed outside extauthz?)"
+            )
+        results = tuple(
+            SetResult(as_text(n) or "", as_text(st) or "", int(v), int(size))
+            for n, st, v, size in written
+        )
+        return WriteResult(tenant, int(version), status == "ok", results)
 
 
 def chunks(items: Iterable[str], size: int) -> Iterable[list[str]]:
