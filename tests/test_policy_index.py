@@ -164,13 +164,16 @@ trust_domains = st.sampled_from([(), ("td", "alias")])
 def test_a_rule_left_out_never_matches(
     policies: list[dict[str, Any]], tds: tuple[str, ...], s: Subject
 ) -> None:
-    """Every rule the index leaves out for a request fails to match it."""
+    """Every rule the index leaves out for a request fails to match it; every rule it keeps
+    matches without the checks the index decided (``run``) exactly when it matches."""
     compiled = tenant(policies, tds)
-    ctx = Ctx(s, compiled.space_delimited)
-    bits = compiled.index.candidates(ctx)
+    bits = compiled.index.candidates(Ctx(s, compiled.space_delimited))
     for i, rule in enumerate(compiled.index.rules):
-        if not bits >> i & 1:
-            assert not rule.match(Ctx(s, compiled.space_delimited)), (rule.envoy_id, s)
+        matched = rule.match(Ctx(s, compiled.space_delimited))
+        if bits >> i & 1:
+            assert rule.run(Ctx(s, compiled.space_delimited)) == matched, (rule.envoy_id, s)
+        else:
+            assert not matched, (rule.envoy_id, s)
 
 
 @PROPERTY
@@ -212,7 +215,7 @@ def test_each_value_form_alone(
     side: str, kind: str, field: str, dim: str, value: str, tds: tuple[str, ...]
 ) -> None:
     """A rule of one field and one value: over every request value of its dimension, the
-    rule is left out only when it does not match, and it is kept when it does."""
+    rule is left out only when it does not match, and when kept, ``run`` matches as it does."""
     entry = {"key": field, "values": [value]} if side == "when" else {kind: {field: [value]}}
     compiled = tenant([{"action": "ALLOW", "rules": [{side: [entry]}], "dry": False}], tds)
     (rule,) = compiled.index.rules
@@ -221,6 +224,9 @@ def test_each_value_form_alone(
         ctx = Ctx(s, compiled.space_delimited)
         if rule.match(ctx):
             assert compiled.index.candidates(ctx) == 1, (value, seen)
+            assert rule.run(ctx)
+        elif compiled.index.candidates(ctx) == 1:
+            assert not rule.run(ctx), (value, seen)
 
 
 def _bench_like() -> CompiledPolicies:

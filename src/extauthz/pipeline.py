@@ -73,17 +73,16 @@ class CheckPipeline:
         """The outcome, with the tenant and the engine's input when it got that far."""
         # identity: the calling workload
         try:
-            peer = self._peer(view)
+            principal = self._principal(view)
         except PeerIdentityError as exc:
             return deny(Reason.PEER_INVALID, f"peer identity: {exc}"), None, None
-        principal = peer.uri if peer else ""
         # tenant: whose rules apply
         tenant, refusal, detail = snapshot.route(view, _namespace_of(view.destination_principal))
         if tenant is None or refusal is not None:
             name = "" if tenant is None else tenant.name
             reason = refusal or Reason.TENANT_UNKNOWN
             return deny(reason, detail, tenant=name, principal=principal), None, None
-        if peer is None and tenant.spec.mtls_strict:
+        if not principal and tenant.spec.mtls_strict:
             outcome = deny(
                 Reason.MTLS_REQUIRED, "STRICT mTLS and no peer identity", tenant=tenant.name
             )
@@ -184,19 +183,23 @@ class CheckPipeline:
             tenant.version,
         )
 
-    def _peer(self, view: RequestView) -> SpiffeId | None:
-        """``peer_identity``; without a trusted-proxy XFCC to read, from a memo."""
+    def _principal(self, view: RequestView) -> str:
+        """The URI of ``peer_identity``, "" without one; without a trusted-proxy XFCC to read,
+        ``source.principal`` itself once a memo has found it valid (a valid SPIFFE ID is its
+        own URI: tests/test_identity.py::test_parser_never_accepts_what_it_cannot_rebuild)."""
         if self._proxies and XFCC_HEADER in view.headers:
-            return peer_identity(view, self._proxies)
-        return _source_spiffe_id(view.source_principal)
+            peer = peer_identity(view, self._proxies)
+            return peer.uri if peer is not None else ""
+        source = view.source_principal
+        return source if _source_spiffe_id(source) is not None else ""
 
     def _remote_ip(self, view: RequestView) -> IPAddress | None:
         """The original client, from x-forwarded-for as Envoy does with xff_num_trusted_hops."""
         xff = view.headers.get("x-forwarded-for")
         if xff:
-            entries = [e.strip() for e in xff.split(",")]
+            entries = xff.split(",")
             if len(entries) > self._hops:
-                return _ip(entries[-1 - self._hops])
+                return _ip(entries[-1 - self._hops].strip())
         return _ip(view.source_address)
 
 

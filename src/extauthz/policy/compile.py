@@ -118,6 +118,8 @@ class CompiledRule:
     conditions: tuple[Check, ...]  # all
     dropped: str = ""  # why this rule can never match, "" when it can
     match: Matcher = field(default=lambda ctx: False, repr=False, compare=False)
+    # ``match`` for a rule the tenant's index has kept for the request: what evaluate runs
+    run: Matcher = field(default=lambda ctx: False, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +274,7 @@ class _RuleCompiler:
             conditions=conditions,
             dropped=self.dropped,
             match=_SHARED.rule(sources, operations, conditions, bool(self.dropped)),
+            run=_SHARED.rule(sources, operations, conditions, bool(self.dropped), indexed=True),
         )
 
     # -- reporting -------------------------------------------------------------------------
@@ -819,15 +822,30 @@ class _Shared:
         operations: tuple[tuple[Check, ...], ...],
         conditions: tuple[Check, ...],
         dropped: bool,
+        indexed: bool = False,
     ) -> Matcher:
-        """The matcher of a rule: the rule's own tuples of (shared) checks are the key."""
+        """The matcher of a rule (``indexed``: for a rule the index kept, see
+        ``_rule_matcher``): the rule's own tuples of (shared) checks are the key."""
         if dropped:
             return _never
-        key = (sources, operations, conditions)
+        key = (sources, operations, conditions, indexed)
         fn = self.rules.get(key)
         if fn is None:
-            fn = self.rules.put(key, _rule_matcher(sources, operations, conditions))
+            fn = _rule_matcher(sources, operations, conditions, indexed)
+            if fn is _always or _is_check(fn, sources, operations, conditions):
+                return fn  # no matcher of its own: nothing to share (nor to hold weakly)
+            self.rules.put(key, fn)
         return fn
+
+
+def _is_check(
+    fn: Matcher,
+    sources: tuple[tuple[Check, ...], ...],
+    operations: tuple[tuple[Check, ...], ...],
+    conditions: tuple[Check, ...],
+) -> bool:
+    """``fn`` is the matcher of one of the checks (a rule of one check runs it directly)."""
+    return any(fn is c.fn for c in (*conditions, *(c for e in (*sources, *operations) for c in e)))
 
 
 _SHARED: Final = _Shared()
@@ -840,16 +858,29 @@ def _rule_matcher(
     sources: tuple[tuple[Check, ...], ...],
     operations: tuple[tuple[Check, ...], ...],
     conditions: tuple[Check, ...],
+    indexed: bool = False,
 ) -> Matcher:
-    """One rule's matcher (a dropped rule never gets here: ``_Shared.rule`` gives it _never)."""
+    """One rule's matcher (a dropped rule never gets here: ``_Shared.rule`` gives it _never).
+
+    ``indexed``: the matcher for a rule the index has kept, without the checks the index
+    has already decided: a check whose Need is exact, in a condition or in the only entry of
+    ``from`` or ``to`` (the rule's keys on that dimension are then within the check's, and
+    a kept rule has the request's key among them). Of several entries, any one may match:
+    their checks are all run."""
+    # An empty entry (``from: [{}]``) matches anything: the list is then not checked.
+    if any(not entry for entry in sources):
+        sources = ()
+    if any(not entry for entry in operations):
+        operations = ()
+    if indexed:
+        if len(sources) == 1:
+            sources = (_undecided(sources[0]),)
+        if len(operations) == 1:
+            operations = (_undecided(operations[0]),)
+        conditions = _undecided(conditions)
     src = tuple(tuple(c.fn for c in entry) for entry in sources)
     ops = tuple(tuple(c.fn for c in entry) for entry in operations)
     cond = tuple(c.fn for c in conditions)
-    # An empty entry (``from: [{}]``) matches anything: the list is then not checked.
-    if any(not entry for entry in src):
-        src = ()
-    if any(not entry for entry in ops):
-        ops = ()
 
     if len(ops) <= 1 and len(src) <= 1:  # the common shape: all of one flat list
         return _all((*(ops[0] if ops else ()), *(src[0] if src else ()), *cond))
@@ -901,8 +932,25 @@ def _rule_needs(rule: CompiledRule) -> dict[str, frozenset[str]]:
     return out
 
 
+def _undecided(checks: tuple[Check, ...]) -> tuple[Check, ...]:
+    """The checks the index has not decided (see ``_rule_matcher``)."""
+    return tuple(c for c in checks if c.need is None or not c.need.exact)
+
+
 def _all(fns: tuple[Matcher, ...]) -> Matcher:
-    """A rule of at most one ``from`` and one ``to`` entry: every check holds, in order."""
+    """A rule of at most one ``from`` and one ``to`` entry: every check holds, in order.
+    No frame of its own for no check or one check, no loop for two."""
+    if not fns:
+        return _always
+    if len(fns) == 1:
+        return fns[0]
+    if len(fns) == 2:
+        first, second = fns
+
+        def match_both(ctx: Ctx) -> bool:
+            return first(ctx) and second(ctx)
+
+        return match_both
 
     def match_all(ctx: Ctx) -> bool:
         for fn in fns:  # noqa: SIM110 - a generator would cost a frame per rule
@@ -911,3 +959,7 @@ def _all(fns: tuple[Matcher, ...]) -> Matcher:
         return True
 
     return match_all
+
+
+def _always(ctx: Ctx) -> bool:
+    return True

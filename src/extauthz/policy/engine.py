@@ -65,16 +65,17 @@ class PolicyResult:
 def evaluate(compiled: CompiledPolicies, subject: Subject) -> PolicyResult:
     """The decision for ``subject``. Pure: no I/O, no state.
 
-    Only the rules the index leaves (``RuleIndex.candidates``) are run, in their order: a
-    rule left out cannot match, so the decision, the deciding rule and the audits are those of
-    running every rule (``decide`` over all of them; a property test holds the two together).
+    Only the rules the index leaves (``RuleIndex.candidates``) are run, in their order, and
+    only the checks the index has not decided (``CompiledRule.run``): a rule left out cannot
+    match, so the decision, the deciding rule and the audits are those of running every rule
+    (``decide`` over all of them; tests/test_policy_index.py holds the two together).
     """
     ctx = Ctx(subject, compiled.space_delimited)
     index = compiled.index
     bits = index.candidates(ctx)
     if compiled.has_dry_run:
         lists = RuleLists(*(index.select(bits, group) for group in range(len(GROUPS))))
-        return decide(compiled, lambda rule: rule.match(ctx), lists)
+        return decide(compiled, lambda rule: rule.run(ctx), lists)
     # The common case, without the per-rule indirection ``decide`` needs for explain():
     # the same order and outcomes.
     rules = index.rules
@@ -85,7 +86,7 @@ def evaluate(compiled: CompiledPolicies, subject: Subject) -> PolicyResult:
     while deny:
         low = deny & -deny
         rule = rules[low.bit_length() - 1]
-        if rule.match(ctx):
+        if rule.run(ctx):
             return PolicyResult(False, Reason.POLICY_DENIED, rule.policy, rule.index, audits)
         deny ^= low
     if not compiled.has_allow:
@@ -94,7 +95,7 @@ def evaluate(compiled: CompiledPolicies, subject: Subject) -> PolicyResult:
     while allow:
         low = allow & -allow
         rule = rules[low.bit_length() - 1]
-        if rule.match(ctx):
+        if rule.run(ctx):
             return PolicyResult(True, Reason.ALLOWED, rule.policy, rule.index, audits)
         allow ^= low
     return PolicyResult(False, Reason.NO_ALLOW_MATCH, audits=audits) if audits else _NO_ALLOW_MATCH
@@ -105,7 +106,7 @@ def _audits(rules: tuple[CompiledRule, ...], bits: int, ctx: Ctx) -> tuple[RuleR
     while bits:
         low = bits & -bits
         rule = rules[low.bit_length() - 1]
-        if rule.match(ctx):
+        if rule.run(ctx):
             out.append(RuleRef(rule.policy, rule.index))
         bits ^= low
     return tuple(out)

@@ -49,27 +49,29 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, slots=True)
 class Need:
-    """A field can match only a request whose key on ``dim`` is one of ``keys``."""
+    """A field can match only a request whose key on ``dim`` is one of ``keys``; ``exact``:
+    and it does match every such request (its values are the keys, nothing more to test)."""
 
     dim: str
     keys: frozenset[str]
+    exact: bool = False
 
 
 def method_need(values: Iterable[str]) -> Need | None:
-    """``methods``: exact values only (case-sensitive, as the matcher)."""
+    """``methods``: exact values only (case-sensitive, as the matcher). Exact."""
     return _exact(METHOD, values, _same)
 
 
 def host_need(values: Iterable[str]) -> Need | None:
-    """``hosts``: exact values only, ASCII-folded (the key is the folded ``:authority``)."""
+    """``hosts``: exact values only, ASCII-folded (the key is the folded ``:authority``).
+    Exact."""
     return _exact(HOST, values, ascii_lower)
 
 
 def principal_need(uris: Iterable[str]) -> Need | None:
     """``principals`` (values already expanded to trust-domain aliases, without
-    ``spiffe://``): exact values only; the key is the peer's full SPIFFE URI."""
-    need = _exact(PRINCIPAL, uris, _same)
-    return None if need is None else Need(PRINCIPAL, frozenset("spiffe://" + v for v in need.keys))
+    ``spiffe://``): exact values only; the key is the peer's full SPIFFE URI. Exact."""
+    return _exact(PRINCIPAL, uris, _spiffe)
 
 
 def path_key(path: str) -> str:
@@ -105,11 +107,17 @@ def _same(value: str) -> str:
     return value
 
 
-def _exact(dim: str, values: Iterable[str], fold: Callable[[str], str]) -> Need | None:
+def _spiffe(value: str) -> str:
+    return "spiffe://" + value
+
+
+def _exact(dim: str, values: Iterable[str], key: Callable[[str], str]) -> Need | None:
+    """Values of exact forms only: the field matches a request exactly when its key is the
+    ``key`` of one of them (the matchers of methods, hosts, principals test just that)."""
     forms = ValueForms.split(values)
     if forms.star or forms.prefixes or forms.suffixes:
         return None
-    return Need(dim, frozenset(fold(v) for v in forms.exact))
+    return Need(dim, frozenset(key(v) for v in forms.exact), exact=True)
 
 
 def entries_need(dim: str, entries: Sequence[Sequence[Need | None]]) -> frozenset[str] | None:
