@@ -54,6 +54,7 @@ from extauthz.policy.matchers import (
     ascii_lower,
     parse_cidr,
     parse_port,
+    split_claim,
 )
 from extauthz.policy.paths import TemplateError, is_template, template_regex
 from extauthz.policy.schema import ConditionSpec, PolicySpec, RuleSpec, parse_policy
@@ -616,28 +617,54 @@ def _header(name: str, allow: bool) -> tuple[Build, Build]:
 
 
 def _claim(path: tuple[str, ...]) -> Build:
+    """``request.auth.claims[...]`` (and the audiences, the presenter): ``ctx.claim(path)``
+    matched as Envoy's claim matcher does (a string matches, a list if one of its strings
+    does). A top-level claim is read here, split if space-delimited as ``ctx.claim`` does."""
+    if len(path) > 1:
+
+        def build_nested(values: list[str]) -> Matcher:
+            test = StringSet.istio(values, star="nonempty").test
+
+            def nested_claim(ctx: Ctx) -> bool:
+                return _any_string(ctx.claim(path), test)
+
+            return nested_claim
+
+        return build_nested
+    name = path[0]
+
     def build(values: list[str]) -> Matcher:
         test = StringSet.istio(values, star="nonempty").test
 
         def claim(ctx: Ctx) -> bool:
-            # Envoy's claim matcher: a string matches, a list if one of its strings does
-            value = ctx.claim(path)
-            if type(value) is str:
-                return test(value)
-            if type(value) is list:
-                for v in value:
-                    if type(v) is str and test(v):
-                        return True
-            return False  # MISSING, or neither a string nor a list
+            claims = ctx.subject.claims
+            if claims is None:
+                return False
+            value = claims.get(name)
+            if isinstance(value, str):
+                if name not in ctx.space_delimited:
+                    return type(value) is str and test(value)
+                value = split_claim(value)
+            return _any_string(value, test)
 
         return claim
 
     return build
 
 
+def _any_string(value: object, test: Callable[[str], bool]) -> bool:
+    """Envoy's claim matcher on a claim value: a string matches, a list if one of its strings
+    does (anything else, MISSING included, never)."""
+    if type(value) is str:
+        return test(value)
+    if type(value) is list:
+        for v in value:
+            if type(v) is str and test(v):
+                return True
+    return False
+
+
 _ANY: Final = StringSet(nonempty=True)
-_ISS: Final = ("iss",)
-_SUB: Final = ("sub",)
 
 
 def _request_principal_pair(value: str) -> tuple[StringSet, StringSet]:
@@ -662,9 +689,16 @@ def _request_principals(values: list[str]) -> Matcher:
     pairs = tuple((i.test, s.test) for i, s in map(_request_principal_pair, values))
 
     def request_principals(ctx: Ctx) -> bool:
-        iss = ctx.claim(_ISS)
-        sub = ctx.claim(_SUB)
+        # ctx.claim(("iss",)) and ("sub",), read here: a space-delimited one is a list
+        claims = ctx.subject.claims
+        if claims is None:
+            return False
+        iss = claims.get("iss")
+        sub = claims.get("sub")
         if not isinstance(iss, str) or not isinstance(sub, str):
+            return False
+        delimited = ctx.space_delimited
+        if "iss" in delimited or "sub" in delimited:
             return False
         for i, s in pairs:  # noqa: SIM110 - a generator would cost a frame per call
             if i(iss) and s(sub):

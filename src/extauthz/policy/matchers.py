@@ -33,6 +33,7 @@ __all__ = [
     "ascii_lower",
     "parse_cidr",
     "parse_port",
+    "split_claim",
 ]
 
 MISSING: Final = object()
@@ -56,11 +57,11 @@ def ascii_lower(value: str) -> str:
 class Ctx:
     """What the matchers of one request read. Built once per evaluation."""
 
-    __slots__ = ("_claims", "_host", "_space_delimited", "memo", "subject")
+    __slots__ = ("_claims", "_host", "memo", "space_delimited", "subject")
 
     def __init__(self, subject: Subject, space_delimited: frozenset[str]) -> None:
         self.subject = subject
-        self._space_delimited = space_delimited
+        self.space_delimited = space_delimited  # the claims split at spaces
         self._host: str | None = None
         self._claims: Mapping[str, Any] | object | None = MISSING
         # what condition kinds build once per request and share (the CEL variables), by owner
@@ -78,7 +79,7 @@ class Ctx:
         """The JWT payload as Envoy's jwt_authn puts it in metadata (space-delimited split)."""
         claims = self._claims
         if claims is MISSING:
-            claims = self._claims = _normalize_claims(self.subject.claims, self._space_delimited)
+            claims = self._claims = _normalize_claims(self.subject.claims, self.space_delimited)
         return claims  # type: ignore[return-value]
 
     def claim(self, path: tuple[str, ...]) -> Any:
@@ -96,8 +97,8 @@ class Ctx:
                 return MISSING
             head = path[0]
             value: Any = claims.get(head, MISSING)
-            if isinstance(value, str) and head in self._space_delimited:
-                value = _split_claim(value)
+            if isinstance(value, str) and head in self.space_delimited:
+                value = split_claim(value)
         else:
             if claims is None:
                 return MISSING
@@ -113,7 +114,7 @@ class Ctx:
         return value
 
 
-def _split_claim(value: str) -> list[str]:
+def split_claim(value: str) -> list[str]:
     """A space-delimited claim as Envoy's jwt_authn puts it in metadata: its non-empty parts."""
     return list(filter(None, value.split(" ")))
 
@@ -129,7 +130,7 @@ def _normalize_claims(
         if isinstance(value, str):
             if split is None:
                 split = dict(claims)
-            split[name] = _split_claim(value)
+            split[name] = split_claim(value)
     return claims if split is None else split
 
 
