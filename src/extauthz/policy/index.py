@@ -193,7 +193,9 @@ class RuleIndex(Generic[R]):
             bits &= d.table.get(subject.method, d.default)
         d = self.path
         if d is not None:
-            bits &= d.table.get(path_key(subject.path), d.default)
+            path = subject.path  # path_key(path), inline
+            end = path.find("/", 1)
+            bits &= d.table.get(path if end < 0 else path[:end], d.default)
         d = self.principal
         if d is not None:
             principal = subject.principal

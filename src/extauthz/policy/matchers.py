@@ -71,7 +71,8 @@ class Ctx:
     def host_lower(self) -> str:
         host = self._host
         if host is None:
-            host = self._host = ascii_lower(self.subject.host)
+            host = self.subject.host  # ascii_lower(host), inline
+            host = self._host = host.lower() if host.isascii() else host.translate(_ASCII_LOWER)
         return host
 
     @property
