@@ -60,9 +60,10 @@ def decode(request: external_auth_pb2.CheckRequest) -> RequestView:
     if not request.HasField("attributes"):
         raise MalformedRequest("no attributes")
     attrs = request.attributes
-    if not attrs.request.HasField("http"):
+    http_request = attrs.request  # each protobuf attribute read costs: read once
+    if not http_request.HasField("http"):
         raise MalformedRequest("no attributes.request.http")
-    http = attrs.request.http
+    http = http_request.http
     headers, names, values = _headers(http)
     extensions = attrs.context_extensions
     method = http.method or headers.get(":method", "")

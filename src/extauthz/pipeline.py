@@ -153,11 +153,12 @@ class CheckPipeline:
         principal: str,
         authn: AuthnResult,
     ) -> Outcome:
+        name = tenant.name
         request_principal = authn.request_principal or ""
         add: list[tuple[str, str]] = []
         remove: tuple[str, ...] = ()
         if result.allowed:
-            add.append((HEADER_TENANT, tenant.name))
+            add.append((HEADER_TENANT, name))
             if principal:
                 add.append((HEADER_PRINCIPAL, principal))
             if request_principal:
@@ -169,7 +170,7 @@ class CheckPipeline:
             result.allowed,
             result.reason,
             200 if result.allowed else 403,  # status
-            tenant.name,
+            name,  # tenant
             result.policy,
             result.rule,
             principal,
