@@ -451,6 +451,7 @@ def inner_loop(stage: str, n: int) -> None:
     fn: Callable[[], object] = bench.served
     if stage != "served":
         from extauthz.decode import decode
+        from extauthz.policy import evaluate
         from extauthz.response import build_response
 
         request = bench.request
@@ -459,8 +460,13 @@ def inner_loop(stage: str, n: int) -> None:
         snapshot = bench.registry.snapshot
         outcome = pipeline(snapshot, view)
         observer = bench.servicer._observer
+        _, tenant, subject = pipeline.trace(snapshot, view)
+        if tenant is None or subject is None:
+            raise SystemExit("the bench request did not reach the policy engine")
+        policies = tenant.policies
         fn = {
             "observer": lambda: observer(outcome, view, "id", 1e-4),
+            "evaluate": lambda: evaluate(policies, subject),
             "decode": lambda: decode(request),
             "pipeline": lambda: pipeline(snapshot, view),
             "response": lambda: build_response(outcome, "id"),
@@ -548,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--callgrind-stages",
         default="served,observer",
-        help="comma-separated, of served, observer, decode, pipeline, response",
+        help="comma-separated, of served, observer, decode, pipeline, evaluate, response",
     )
     parser.add_argument("--inner-loop", nargs=2, metavar=("STAGE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ import ipaddress
 import re
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from extauthz.documents import load_documents
 from extauthz.model import Subject
 from extauthz.policy import CompiledPolicies, compile_policies, evaluate, explain
-from extauthz.policy.matchers import IPSet, StringSet, parse_cidr
+from extauthz.policy.matchers import Ctx, IPSet, StringSet, parse_cidr
 from extauthz.policy.paths import template_regex
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -233,3 +234,77 @@ def test_dry_run_never_changes_the_decision(policies: list[dict[str, Any]], s: S
         want.rule,
         want.audits,
     )
+
+
+claim_values = st.recursive(
+    st.sampled_from(["a", "b", "a b", " a  ", "", "ab"]) | st.integers(0, 2) | st.none(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("gh"), inner),
+    max_leaves=5,
+)
+issuers = st.sampled_from(["a", "b", "a b"]) | claim_values
+claim_sets = st.fixed_dictionaries(
+    {},
+    optional={"iss": issuers, "sub": issuers, "g": claim_values, "h": claim_values},
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    claim_sets,
+    st.sets(st.sampled_from(["iss", "sub", "g"])),
+    st.sampled_from(["g", "g][h", "iss"]),
+    st.lists(st.sampled_from(["a", "b", "a*", "*b", "*"]), min_size=1, max_size=2),
+)
+def test_claim_conditions_read_the_claims_as_ctx_claim(
+    claims: dict[str, Any], delimited: set[str], path: str, vals: list[str]
+) -> None:
+    """A claim condition and requestPrincipals decide as Ctx.claim reads the claims (split
+    where space-delimited, strings and lists of strings only, nested keys)."""
+    when_rule = {"when": [{"key": f"request.auth.claims[{path}]", "values": vals}]}
+    principal = {"from": [{"source": {"requestPrincipals": [f"{v}/{v}" for v in vals]}}]}
+    for rule_doc in (when_rule, principal):
+        docs = load_documents(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "security.istio.io/v1",
+                    "kind": "AuthorizationPolicy",
+                    "metadata": {"name": "p", "namespace": "t"},
+                    "spec": {"action": "ALLOW", "rules": [rule_doc]},
+                }
+            ),
+            "p.yaml",
+        )
+        compiled = compile_policies(docs, space_delimited_claims=sorted(delimited))
+        s = Subject(claims=claims)
+        ctx = Ctx(s, compiled.space_delimited)
+        if rule_doc is when_rule:
+            value = ctx.claim(tuple(path.split("][")))
+            test = StringSet.istio(vals, star="nonempty")
+            items = [value] if isinstance(value, str) else value if type(value) is list else []
+            want = any(type(v) is str and test(v) for v in items)
+        else:
+            iss, sub = ctx.claim(("iss",)), ctx.claim(("sub",))
+            want = (
+                isinstance(iss, str)
+                and isinstance(sub, str)
+                and f"{iss}/{sub}" in {f"{v}/{v}" for v in vals if "*" not in v}
+            )
+            if any("*" in v for v in vals):
+                continue  # the forms of requestPrincipals: tests/test_policy_fields.py
+        assert evaluate(compiled, s).allowed == want, (rule_doc, claims, delimited)
+
+
+@pytest.mark.parametrize("delimited", [[], ["iss"], ["sub"]])
+def test_request_principal_of_space_delimited_claims(delimited: list[str]) -> None:
+    """iss and sub read as Ctx.claim reads them: a space-delimited one is a list, no string,
+    and makes no request principal."""
+    rule_doc = {"from": [{"source": {"requestPrincipals": ["a/a"]}}]}
+    body = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "p", "namespace": "t"},
+        "spec": {"action": "ALLOW", "rules": [rule_doc]},
+    }
+    docs = load_documents(yaml.safe_dump(body), "p.yaml")
+    compiled = compile_policies(docs, space_delimited_claims=delimited)
+    assert evaluate(compiled, Subject(claims={"iss": "a", "sub": "a"})).allowed == (not delimited)

@@ -42,8 +42,8 @@ MAX_XFF_ENTRIES: Final = 64
 # Sizes are counted in characters of the decoded text (a character is at least one byte).
 # Control characters, as bytes for bytes.translate (one C pass, several times faster than a
 # regular expression search on the few KiB of a request's headers).
-_CTL: Final = bytes([*range(0x20), 0x7F])  # method, host, path, header names
-_CTL_VALUE: Final = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])  # values: HTAB allowed
+# Method, host, path and header names: these and HTAB; header values: these.
+_CTL_VALUE: Final = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])
 _NO_EXTENSIONS: Final[Mapping[str, str]] = MappingProxyType({})  # nearly every Check's
 
 
@@ -60,59 +60,66 @@ def decode(request: external_auth_pb2.CheckRequest) -> RequestView:
     if not request.HasField("attributes"):
         raise MalformedRequest("no attributes")
     attrs = request.attributes
-    if not attrs.request.HasField("http"):
+    http_request = attrs.request  # each protobuf attribute read costs: read once
+    if not http_request.HasField("http"):
         raise MalformedRequest("no attributes.request.http")
-    http = attrs.request.http
-    headers = _headers(http)
+    http = http_request.http
+    headers, names, values = _headers(http)
     extensions = attrs.context_extensions
     method = http.method or headers.get(":method", "")
-    if not method:
-        raise MalformedRequest("no HTTP method")
     host = http.host or headers.get(":authority", "")
     path = http.path or headers.get(":path", "")
-    _check_line(method, host, path)
+    # Control characters: one pass over the line and the headers; only when it finds one,
+    # the header text is looked at alone (a header's fault is reported before the line's).
+    line = method + host + path
+    controls = "\t" in line or "\t" in names or _has_control(line + names + values, _CTL_VALUE)
+    if controls and ("\t" in names or _has_control(names + values, _CTL_VALUE)):
+        raise MalformedRequest("control character in a header")
+    _check_headers(headers, values)
+    if not method:
+        raise MalformedRequest("no HTTP method")
+    _check_line(method, host, path, controls)
     source = attrs.source
     destination = attrs.destination
     source_socket = source.address.socket_address
     destination_socket = destination.address.socket_address
+    # Positional: a NamedTuple built with keywords costs twice as much, on every Check.
     return RequestView(
-        method=method,
-        host=host,
-        path=path,
-        scheme=http.scheme,
-        protocol=http.protocol,
-        request_id=http.id,
-        headers=headers,
-        source_address=source_socket.address,
-        source_port=source_socket.port_value,
-        source_principal=source.principal,
-        destination_address=destination_socket.address,
-        destination_port=destination_socket.port_value,
-        destination_principal=destination.principal,
-        sni=attrs.tls_session.sni,
-        context_extensions=dict(extensions) if extensions else _NO_EXTENSIONS,
+        method,
+        host,
+        path,
+        http.scheme,
+        http.protocol,
+        http.id,  # request_id
+        headers,
+        source_socket.address,  # source_address
+        source_socket.port_value,  # source_port
+        source.principal,  # source_principal
+        destination_socket.address,  # destination_address
+        destination_socket.port_value,  # destination_port
+        destination.principal,  # destination_principal
+        attrs.tls_session.sni,  # sni
+        dict(extensions) if extensions else _NO_EXTENSIONS,  # context_extensions
     )
 
 
-def _check_line(method: str, host: str, path: str) -> None:
-    """Method, host and path: bounded, no control character, no NUL spelled ``%00``."""
+def _check_line(method: str, host: str, path: str, controls: bool) -> None:
+    """Method, host and path: bounded, no control character (``controls``: one of them
+    holds one, the headers have none), no NUL spelled ``%00``."""
     if len(path) > MAX_PATH_BYTES:
         raise MalformedRequest(f"path longer than {MAX_PATH_BYTES} bytes")
     if len(host) > MAX_HOST_BYTES:
         raise MalformedRequest(f"host longer than {MAX_HOST_BYTES} bytes")
-    if _has_control(method + host + path, _CTL):
+    if controls:
         raise MalformedRequest("control character in method, host or path")
     if "%00" in path:
         raise MalformedRequest("%00 in path")
 
 
-def _check_headers(headers: dict[str, str], names: str, values: str) -> None:
-    """Names and values free of control characters (HTAB allowed in values), each value
-    bounded, and x-forwarded-for with at most MAX_XFF_ENTRIES entries. ``names`` and
-    ``values`` are the names and the values of ``headers``, each joined without separator."""
-    # One pass over both: no control character but HTAB in either, and no HTAB in a name.
-    if _has_control(names + values, _CTL_VALUE) or "\t" in names:
-        raise MalformedRequest("control character in a header")
+def _check_headers(headers: dict[str, str], values: str) -> None:
+    """Each value bounded, and x-forwarded-for with at most MAX_XFF_ENTRIES entries (control
+    characters are checked by ``decode``). ``values`` is the values of ``headers`` joined
+    without separator."""
     if len(values) > MAX_HEADER_VALUE_BYTES:  # only then can one value be too long
         for name, value in headers.items():
             if len(value) > MAX_HEADER_VALUE_BYTES:
@@ -124,8 +131,11 @@ def _check_headers(headers: dict[str, str], names: str, values: str) -> None:
         raise MalformedRequest(f"x-forwarded-for has more than {MAX_XFF_ENTRIES} entries")
 
 
-def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> dict[str, str]:
-    """Lower-case names; repeated values joined with ',' (as Envoy's RBAC sees them)."""
+def _headers(
+    http: attribute_context_pb2.AttributeContext.HttpRequest,
+) -> tuple[dict[str, str], str, str]:
+    """Lower-case names; repeated values joined with ',' (as Envoy's RBAC sees them). With
+    the names and the values, each joined without separator (for the checks)."""
     out: dict[str, str] = {}
     size = 0
     mapped = http.headers
@@ -164,5 +174,4 @@ def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> dict[s
         names = values = ""
     if size > MAX_HEADER_BYTES:
         raise MalformedRequest(f"headers larger than {MAX_HEADER_BYTES} bytes")
-    _check_headers(out, names, values)
-    return out
+    return out, names, values

@@ -27,4 +27,4 @@ class CheckOptions:
     xff_num_trusted_hops: int = 0
     path_normalization: PathNormalization = PathNormalization.BASE
     # the instant a Check is decided at (time windows, CEL request.time); `check --at` fixes it
-    clock: Callable[[], datetime.datetime] = field(default=lambda: utc_now())
+    clock: Callable[[], datetime.datetime] = utc_now

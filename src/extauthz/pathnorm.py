@@ -44,23 +44,24 @@ _UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv
 # Everything else (unreserved, sub-delims, ``: @ / [ ]``, a ``%`` that starts no escape)
 # passes unchanged.
 _WORK: Final = re.compile(r"%([0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=:@/\[\]%]")
+# The characters _WORK never matches alone (``%`` aside: it may start an escape).
+_PASSED: Final = (
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/[]"
+)
 _ESCAPED_SLASH: Final = re.compile("%2f|%5c", re.IGNORECASE)
 _SLASHES: Final = re.compile("/{2,}")
 
 
 def normalize_path(raw: str, mode: PathNormalization = PathNormalization.BASE) -> str:
     """The path part of ``raw`` (no query, no fragment), normalized by ``mode``."""
-    cut = len(raw)
-    for sep in ("?", "#"):
-        at = raw.find(sep)
-        if 0 <= at < cut:
-            cut = at
-    path = raw[:cut]
+    path = raw.partition("?")[0].partition("#")[0]  # up to the first "?" or "#"
     if mode is PathNormalization.NONE or not path:
         return path
     if mode is PathNormalization.DECODE_AND_MERGE_SLASHES and "%" in path:
         path = _ESCAPED_SLASH.sub(_unescape_slash, path)
-    path = _WORK.sub(_canonical, path)
+    # Most paths hold only characters the canonicalizer passes: one C pass tells.
+    if not path.isascii() or path.encode("ascii").translate(None, _PASSED):
+        path = _WORK.sub(_canonical, path)
     if not path.startswith("/"):
         path = "/" + path
     if "." in path:

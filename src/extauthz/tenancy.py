@@ -81,11 +81,21 @@ class TenantMatch:
 
     def matches(self, host: str | None, dest_ns: str | None, headers: Mapping[str, str]) -> bool:
         """``host`` as ``request_host`` gives it (None: not a valid host, matches no host)."""
-        if self.hosts and (host is None or not any(_host_matches(h, host) for h in self.hosts)):
-            return False
+        # Loops, not any()/all() over generators: this runs on every Check.
+        if self.hosts:
+            if host is None:
+                return False
+            for pattern in self.hosts:
+                if _host_matches(pattern, host):
+                    break
+            else:
+                return False
         if self.destination_namespaces and dest_ns not in self.destination_namespaces:
             return False
-        return all(headers.get(name) == value for name, value in self.headers)
+        for name, value in self.headers:  # noqa: SIM110 - no generator frame per Check
+            if headers.get(name) != value:
+                return False
+        return True
 
 
 def _host_matches(pattern: str, host: str) -> bool:
@@ -362,24 +372,29 @@ class TenantRouter:
         host = _request_host(authority)
         if host is None:
             return Route(None, False)
-        for spec in self._candidates(host):
-            if spec.match.matches(host, dest_ns, headers):
-                return Route(spec, True)
-        return Route(None, False)
-
-    def _candidates(self, host: str) -> Iterable[TenantSpec]:
-        """Tenants that own no namespace, most specific first."""
-        yield from self._exact.get(host, ())
+        # Tenants that own no namespace, most specific first: exact host (nearly every
+        # Check ends here), wildcard host, headers only, catch-all.
+        exact = self._exact.get(host)
+        if exact is not None:
+            for spec in exact:
+                if spec.match.matches(host, dest_ns, headers):
+                    return Route(spec, True)
         if self._wildcard:
             # Each suffix of the host that starts at a dot and leaves a label before it,
             # longest first: the wildcards that match, most specific first.
             dot = host.find(".", 1)
             while dot > 0:
-                yield from self._wildcard.get(host[dot:], ())
+                for spec in self._wildcard.get(host[dot:], ()):
+                    if spec.match.matches(host, dest_ns, headers):
+                        return Route(spec, True)
                 dot = host.find(".", dot + 1)
-        yield from self._headers_only
-        if self._catch_all is not None:
-            yield self._catch_all
+        for spec in self._headers_only:
+            if spec.match.matches(host, dest_ns, headers):
+                return Route(spec, True)
+        last = self._catch_all
+        if last is not None and last.match.matches(host, dest_ns, headers):
+            return Route(last, True)
+        return Route(None, False)
 
 
 def _claims_of(spec: TenantSpec) -> list[tuple[Any, ...]]:

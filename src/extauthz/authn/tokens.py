@@ -27,35 +27,37 @@ class TokenFinder:
     __slots__ = ("_cookies", "_headers", "_params")
 
     def __init__(self, locations: Iterable[TokenLocation]) -> None:
-        headers: dict[str, list[TokenLocation]] = {}
+        headers: dict[str, list[tuple[TokenLocation, str]]] = {}
         self._params: dict[str, TokenLocation] = {}
         self._cookies: dict[str, TokenLocation] = {}
         for loc in dict.fromkeys(locations):
             if loc.kind == "header":
-                headers.setdefault(loc.name, []).append(loc)
+                headers.setdefault(loc.name, []).append((loc, loc.prefix.lower()))
             elif loc.kind == "param":
                 self._params[loc.name] = loc
             else:
                 self._cookies[loc.name] = loc
-        self._headers = {name: tuple(locs) for name, locs in headers.items()}
+        # header name -> (location, its prefix lower-cased), in the order of the locations
+        self._headers = tuple((name, tuple(locs)) for name, locs in headers.items())
 
     def __call__(self, view: RequestView) -> Found:
-        found: dict[str, list[TokenLocation]] = {}
-        for name, locs in self._headers.items():
-            value = view.headers.get(name)
+        found: dict[str, tuple[TokenLocation, ...]] = {}
+        request_headers = view.headers
+        for name, locs in self._headers:
+            value = request_headers.get(name)
             if value:
-                for loc in locs:
-                    for token in _header_tokens(value, loc.prefix):
-                        found.setdefault(token, []).append(loc)
+                for loc, prefix in locs:
+                    for token in _header_tokens(value, prefix):
+                        found[token] = (*found[token], loc) if token in found else (loc,)
         if self._params:
             self._find_params(view.path, found)
         if self._cookies:
-            cookie = view.headers.get("cookie")
+            cookie = request_headers.get("cookie")
             if cookie:
                 self._find_cookies(cookie, found)
-        return {token: tuple(locs) for token, locs in found.items()}
+        return found
 
-    def _find_params(self, path: str, found: dict[str, list[TokenLocation]]) -> None:
+    def _find_params(self, path: str, found: dict[str, tuple[TokenLocation, ...]]) -> None:
         _, sep, query = path.partition("?")
         if not sep:
             return
@@ -66,9 +68,9 @@ class TokenFinder:
             if loc is not None:
                 token = unquote_plus(raw_value).strip()
                 if token:
-                    found.setdefault(token, []).append(loc)
+                    found[token] = (*found[token], loc) if token in found else (loc,)
 
-    def _find_cookies(self, cookie: str, found: dict[str, list[TokenLocation]]) -> None:
+    def _find_cookies(self, cookie: str, found: dict[str, tuple[TokenLocation, ...]]) -> None:
         for part in cookie.replace(",", ";").split(";"):
             name, sep, value = part.partition("=")
             if not sep:
@@ -80,16 +82,17 @@ class TokenFinder:
             if len(token) >= 2 and token[0] == token[-1] == '"':
                 token = token[1:-1]
             if token:
-                found.setdefault(token, []).append(loc)
+                found[token] = (*found[token], loc) if token in found else (loc,)
 
 
 def _header_tokens(value: str, prefix: str) -> list[str]:
+    """The tokens of a header value; ``prefix`` lower-cased (compared case-insensitively)."""
     out: list[str] = []
     plen = len(prefix)
     for part in value.split(","):
         part = part.strip()
         if plen:
-            if part[:plen].lower() != prefix.lower():
+            if part[:plen].lower() != prefix:
                 continue
             part = part[plen:].strip()
         if part:

@@ -11,6 +11,10 @@ unknown ``when`` key) are handled as Istio's builder handles them, with a warnin
 policy the whole rule is dropped (it never matches), in a DENY or AUDIT policy only the bad
 value (or the bad condition) is dropped, so the rule matches more, never less.
 
+Each ``Check`` of a field also carries its ``Need`` (``index.py``), and the rules of a tenant
+are indexed on them (``CompiledPolicies.index``): ``evaluate`` runs only the rules a request
+can match.
+
 Identical fields share their compiled matcher, across the policies of every tenant: a matcher
 is a pure function of the values that reach ``build`` and of the few inputs its builder reads
 (``_Shared`` keys name them all), and holds no tenant, file or line. Validation and warnings
@@ -25,19 +29,32 @@ import sys
 import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Final, Generic, TypeVar
 
 from extauthz.documents import Document, Path, field_name
 from extauthz.policy.custom import CUSTOM_PREFIX, CustomContext, custom_condition
+from extauthz.policy.index import (
+    DIMENSIONS,
+    Need,
+    RuleIndex,
+    conditions_need,
+    entries_need,
+    host_need,
+    method_need,
+    path_need,
+    principal_need,
+)
 from extauthz.policy.matchers import (
-    MISSING,
     Ctx,
     IPSet,
     Matcher,
     StringSet,
     ValueForms,
+    ascii_lower,
     parse_cidr,
     parse_port,
+    split_claim,
 )
 from extauthz.policy.paths import TemplateError, is_template, template_regex
 from extauthz.policy.schema import ConditionSpec, PolicySpec, RuleSpec, parse_policy
@@ -50,9 +67,32 @@ from extauthz.policy.spiffe import (
     trust_domain_set,
 )
 
-__all__ = ["Check", "CompiledPolicies", "CompiledPolicy", "CompiledRule", "compile_policies"]
+__all__ = [
+    "ALLOW",
+    "AUDIT",
+    "DENY",
+    "DRY_ALLOW",
+    "DRY_AUDIT",
+    "DRY_DENY",
+    "GROUPS",
+    "Check",
+    "CompiledPolicies",
+    "CompiledPolicy",
+    "CompiledRule",
+    "compile_policies",
+]
 
 _V = TypeVar("_V")
+# The rule lists of CompiledPolicies (action, dry run), in the order of the index's groups.
+GROUPS: Final = (
+    ("DENY", False),
+    ("ALLOW", False),
+    ("AUDIT", False),
+    ("DENY", True),
+    ("ALLOW", True),
+    ("AUDIT", True),
+)
+DENY, ALLOW, AUDIT, DRY_DENY, DRY_ALLOW, DRY_AUDIT = range(len(GROUPS))
 ALWAYS_SPACE_DELIMITED: Final = ("scope", "permission")
 _EXPERIMENTAL: Final = "experimental.envoy.filters."
 
@@ -64,6 +104,7 @@ class Check:
 
     field: str
     fn: Matcher
+    need: Need | None = None  # what a request must have for ``fn`` to hold (the index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +119,8 @@ class CompiledRule:
     conditions: tuple[Check, ...]  # all
     dropped: str = ""  # why this rule can never match, "" when it can
     match: Matcher = field(default=lambda ctx: False, repr=False, compare=False)
+    # ``match`` for a rule the tenant's index has kept for the request: what evaluate runs
+    run: Matcher = field(default=lambda ctx: False, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +147,8 @@ class CompiledPolicies:
     has_allow: bool  # an enforced ALLOW policy exists (even one that matches nothing)
     has_dry_allow: bool
     has_dry_run: bool
+    # the six lists above, in the order of GROUPS, indexed: the rules a request can match
+    index: RuleIndex[CompiledRule]
 
     @property
     def policy_names(self) -> tuple[str, ...]:
@@ -153,19 +198,21 @@ def compile_policies(
         ]
         return tuple(sorted(rules, key=lambda r: r.envoy_id))
 
+    groups = tuple(pick(action, dry) for action, dry in GROUPS)
     return CompiledPolicies(
         policies=tuple(policies),
         warnings=tuple(warnings),
         space_delimited=frozenset((*ALWAYS_SPACE_DELIMITED, *space_delimited_claims)),
-        deny=pick("DENY", False),
-        allow=pick("ALLOW", False),
-        audit=pick("AUDIT", False),
-        dry_deny=pick("DENY", True),
-        dry_allow=pick("ALLOW", True),
-        dry_audit=pick("AUDIT", True),
+        deny=groups[DENY],
+        allow=groups[ALLOW],
+        audit=groups[AUDIT],
+        dry_deny=groups[DRY_DENY],
+        dry_allow=groups[DRY_ALLOW],
+        dry_audit=groups[DRY_AUDIT],
         has_allow=any(p.action == "ALLOW" and not p.dry_run for p in policies),
         has_dry_allow=any(p.action == "ALLOW" and p.dry_run for p in policies),
         has_dry_run=any(p.dry_run for p in policies),
+        index=RuleIndex(groups, _rule_needs),
     )
 
 
@@ -185,6 +232,7 @@ class _Bad(ValueError):
 
 Validate = Callable[[str], object]
 Build = Callable[[list[str]], Matcher]
+NeedOf = Callable[[list[str]], Need | None]
 
 
 class _RuleCompiler:
@@ -227,6 +275,7 @@ class _RuleCompiler:
             conditions=conditions,
             dropped=self.dropped,
             match=_SHARED.rule(sources, operations, conditions, bool(self.dropped)),
+            run=_SHARED.rule(sources, operations, conditions, bool(self.dropped), indexed=True),
         )
 
     # -- reporting -------------------------------------------------------------------------
@@ -253,9 +302,11 @@ class _RuleCompiler:
         build_not: Build | None = None,
         *,
         kind: tuple[Hashable, ...],
+        need: NeedOf | None = None,
     ) -> list[Check]:
         """The checks of a field and its negation. ``kind`` names the builder and every input
-        it reads besides the values: identical kinds and values share one matcher."""
+        it reads besides the values: identical kinds and values share one matcher. ``need``
+        gives the field's (not its negation's) necessary condition, for the index."""
         checks: list[Check] = []
         for name, vals, negate in ((names[0], values[0], False), (names[1], values[1], True)):
             good: list[str] = []
@@ -277,7 +328,9 @@ class _RuleCompiler:
                     make = build_not
                 else:
                     make = _negated(build)
-                checks.append(_SHARED.check(f"{label}.{name}", (*kind, negate), make, good))
+                needs = None if negate else need
+                key = (*kind, negate)
+                checks.append(_SHARED.check(f"{label}.{name}", key, make, good, needs))
         return checks
 
     def _source(self, j: int, entry: Mapping[str, tuple[str, ...]]) -> list[Check]:
@@ -289,7 +342,10 @@ class _RuleCompiler:
             if vals[0] or vals[1]:  # most fields are absent: build nothing for them
                 builder, validate = self._source_kind(pos)
                 kind = (pos, *self._reads(pos == "principals", pos == "serviceAccounts"))
-                checks += self._pair(label, path, (pos, neg), vals, validate, builder, kind=kind)
+                need = self._principal_need if pos == "principals" else None
+                checks += self._pair(
+                    label, path, (pos, neg), vals, validate, builder, kind=kind, need=need
+                )
         return checks
 
     def _source_kind(self, pos: str) -> tuple[Build, Validate | None]:
@@ -305,17 +361,19 @@ class _RuleCompiler:
         if pos == "trustDomains":
             return _on_principal(trust_domain_set), None
         if pos == "ipBlocks":
-            return _ip(lambda c: c.subject.source_ip), parse_cidr
-        return _ip(lambda c: c.subject.remote_ip), parse_cidr  # remoteIpBlocks
+            return _ip(attrgetter("subject.source_ip")), parse_cidr
+        return _ip(attrgetter("subject.remote_ip")), parse_cidr  # remoteIpBlocks
 
     def _operation(self, j: int, entry: Mapping[str, tuple[str, ...]]) -> list[Check]:
         label = f"to[{j}].operation"
         path = (*self.base, "to", j, "operation")
         checks: list[Check] = []
-        for pos, neg, builder, validate in _OPERATION_FIELDS:
+        for pos, neg, builder, validate, need in _OPERATION_FIELDS:
             vals = (entry.get(pos, ()), entry.get(neg, ()))
             if vals[0] or vals[1]:
-                checks += self._pair(label, path, (pos, neg), vals, validate, builder, kind=(pos,))
+                checks += self._pair(
+                    label, path, (pos, neg), vals, validate, builder, kind=(pos,), need=need
+                )
         return checks
 
     def _principals(self, values: list[str]) -> Matcher:
@@ -323,6 +381,9 @@ class _RuleCompiler:
         if len(expanded) == 1 and "*" not in (expanded[0][:1], expanded[0][-1:]):
             return _one_principal(SPIFFE + expanded[0])  # the common case, without a set
         return _on_principal(principal_set)(expanded)
+
+    def _principal_need(self, values: list[str]) -> Need | None:
+        return principal_need(expand_trust_domains(values, self.tds))
 
     def _condition(self, j: int, cond: ConditionSpec) -> list[Check]:
         label = f"when[{j}]"
@@ -361,7 +422,10 @@ class _RuleCompiler:
         reads = self._reads(key == "source.principal", key == "source.serviceAccount")
         # connection.sni and request.headers build per action (see _condition_kind)
         kind = ("when", key, *reads, self.spec.action == "ALLOW")
-        return self._pair(label, path, names, vals, validate, build, build_not, kind=kind)
+        need = self._principal_need if key == "source.principal" else None
+        return self._pair(
+            label, path, names, vals, validate, build, build_not, kind=kind, need=need
+        )
 
     def _reads(self, trust_domains: bool, namespace: bool) -> tuple[object, ...]:
         """The tenant inputs a builder reads, for the key of what it builds."""
@@ -457,7 +521,8 @@ def _paths(values: list[str]) -> Matcher:
 
 
 def _hosts(values: list[str]) -> Matcher:
-    matcher = StringSet.istio(values, star="present", ignore_case=True).test
+    # Envoy's ignore_case: the values folded here, the host once per request (host_lower)
+    matcher = StringSet.istio([ascii_lower(v) for v in values], star="present").test
 
     def hosts(ctx: Ctx) -> bool:
         return bool(ctx.subject.host) and matcher(ctx.host_lower)
@@ -552,16 +617,51 @@ def _header(name: str, allow: bool) -> tuple[Build, Build]:
 
 
 def _claim(path: tuple[str, ...]) -> Build:
+    """``request.auth.claims[...]`` (and the audiences, the presenter): ``ctx.claim(path)``
+    matched as Envoy's claim matcher does (a string matches, a list if one of its strings
+    does). A top-level claim is read here, split if space-delimited as ``ctx.claim`` does."""
+    if len(path) > 1:
+
+        def build_nested(values: list[str]) -> Matcher:
+            test = StringSet.istio(values, star="nonempty").test
+
+            def nested_claim(ctx: Ctx) -> bool:
+                return _any_string(ctx.claim(path), test)
+
+            return nested_claim
+
+        return build_nested
+    name = path[0]
+
     def build(values: list[str]) -> Matcher:
-        matcher = StringSet.istio(values, star="nonempty")
+        test = StringSet.istio(values, star="nonempty").test
 
         def claim(ctx: Ctx) -> bool:
-            value = ctx.claim(path)
-            return value is not MISSING and matcher.any_of(value)
+            claims = ctx.subject.claims
+            if claims is None:
+                return False
+            value = claims.get(name)
+            if isinstance(value, str):
+                if name not in ctx.space_delimited:
+                    return type(value) is str and test(value)
+                value = split_claim(value)
+            return _any_string(value, test)
 
         return claim
 
     return build
+
+
+def _any_string(value: object, test: Callable[[str], bool]) -> bool:
+    """Envoy's claim matcher on a claim value: a string matches, a list if one of its strings
+    does (anything else, MISSING included, never)."""
+    if type(value) is str:
+        return test(value)
+    if type(value) is list:
+        for v in value:
+            if type(v) is str and test(v):
+                return True
+    return False
 
 
 _ANY: Final = StringSet(nonempty=True)
@@ -586,14 +686,24 @@ def _request_principal_pair(value: str) -> tuple[StringSet, StringSet]:
 
 
 def _request_principals(values: list[str]) -> Matcher:
-    pairs = tuple(_request_principal_pair(v) for v in values)
+    pairs = tuple((i.test, s.test) for i, s in map(_request_principal_pair, values))
 
     def request_principals(ctx: Ctx) -> bool:
-        iss = ctx.claim(("iss",))
-        sub = ctx.claim(("sub",))
+        # ctx.claim(("iss",)) and ("sub",), read here: a space-delimited one is a list
+        claims = ctx.subject.claims
+        if claims is None:
+            return False
+        iss = claims.get("iss")
+        sub = claims.get("sub")
         if not isinstance(iss, str) or not isinstance(sub, str):
             return False
-        return any(i(iss) and s(sub) for i, s in pairs)
+        delimited = ctx.space_delimited
+        if "iss" in delimited or "sub" in delimited:
+            return False
+        for i, s in pairs:  # noqa: SIM110 - a generator would cost a frame per call
+            if i(iss) and s(sub):
+                return True
+        return False
 
     return request_principals
 
@@ -625,11 +735,11 @@ def _condition_kind(key: str, namespace: str, principals: Build, allow: bool) ->
 
 def _plain_kind(key: str, namespace: str, principals: Build) -> tuple[Validate | None, Build]:
     if key == "source.ip":
-        return parse_cidr, _ip(lambda c: c.subject.source_ip)
+        return parse_cidr, _ip(attrgetter("subject.source_ip"))
     if key == "remote.ip":
-        return parse_cidr, _ip(lambda c: c.subject.remote_ip)
+        return parse_cidr, _ip(attrgetter("subject.remote_ip"))
     if key == "destination.ip":
-        return parse_cidr, _ip(lambda c: c.subject.destination_ip)
+        return parse_cidr, _ip(attrgetter("subject.destination_ip"))
     if key == "destination.port":
         return parse_port, _ports
     if key == "source.namespace":
@@ -671,13 +781,15 @@ _SOURCE_FIELDS: Final = tuple(
         "remoteIpBlocks",
     )
 )
-_OPERATION_FIELDS: Final[tuple[tuple[str, str, Build, Validate | None], ...]] = tuple(
-    (pos, _negative(pos), build, validate)
-    for pos, build, validate in (
-        ("methods", _methods, None),
-        ("ports", _ports, parse_port),
-        ("paths", _paths, _check_path),
-        ("hosts", _hosts, None),
+_OPERATION_FIELDS: Final[tuple[tuple[str, str, Build, Validate | None, NeedOf | None], ...]] = (
+    tuple(
+        (pos, _negative(pos), build, validate, need)
+        for pos, build, validate, need in (
+            ("methods", _methods, None, method_need),
+            ("ports", _ports, parse_port, None),
+            ("paths", _paths, _check_path, path_need),
+            ("hosts", _hosts, None, host_need),
+        )
     )
 )
 
@@ -721,13 +833,21 @@ class _Shared:
         self.checks: _Weak[Check] = _Weak()
         self.rules: _Weak[Matcher] = _Weak()
 
-    def check(self, label: str, key: tuple[Hashable, ...], build: Build, good: list[str]) -> Check:
-        """The Check ``label`` of the values ``good``, built by ``build`` if new. ``key``
-        names the builder and every other input it reads."""
+    def check(
+        self,
+        label: str,
+        key: tuple[Hashable, ...],
+        build: Build,
+        good: list[str],
+        need: NeedOf | None = None,
+    ) -> Check:
+        """The Check ``label`` of the values ``good``, built by ``build`` (and its ``need``)
+        if new. ``key`` names the builder and every other input both read."""
         full = (label, *key, *good)
         check = self.checks.get(full)
         if check is None:
-            check = self.checks.put(full, Check(sys.intern(label), build(good)))
+            made = Check(sys.intern(label), build(good), None if need is None else need(good))
+            check = self.checks.put(full, made)
         return check
 
     def rule(
@@ -736,15 +856,30 @@ class _Shared:
         operations: tuple[tuple[Check, ...], ...],
         conditions: tuple[Check, ...],
         dropped: bool,
+        indexed: bool = False,
     ) -> Matcher:
-        """The matcher of a rule: the rule's own tuples of (shared) checks are the key."""
+        """The matcher of a rule (``indexed``: for a rule the index kept, see
+        ``_rule_matcher``): the rule's own tuples of (shared) checks are the key."""
         if dropped:
             return _never
-        key = (sources, operations, conditions)
+        key = (sources, operations, conditions, indexed)
         fn = self.rules.get(key)
         if fn is None:
-            fn = self.rules.put(key, _rule_matcher(sources, operations, conditions))
+            fn = _rule_matcher(sources, operations, conditions, indexed)
+            if fn is _always or _is_check(fn, sources, operations, conditions):
+                return fn  # no matcher of its own: nothing to share (nor to hold weakly)
+            self.rules.put(key, fn)
         return fn
+
+
+def _is_check(
+    fn: Matcher,
+    sources: tuple[tuple[Check, ...], ...],
+    operations: tuple[tuple[Check, ...], ...],
+    conditions: tuple[Check, ...],
+) -> bool:
+    """``fn`` is the matcher of one of the checks (a rule of one check runs it directly)."""
+    return any(fn is c.fn for c in (*conditions, *(c for e in (*sources, *operations) for c in e)))
 
 
 _SHARED: Final = _Shared()
@@ -757,16 +892,29 @@ def _rule_matcher(
     sources: tuple[tuple[Check, ...], ...],
     operations: tuple[tuple[Check, ...], ...],
     conditions: tuple[Check, ...],
+    indexed: bool = False,
 ) -> Matcher:
-    """One rule's matcher (a dropped rule never gets here: ``_Shared.rule`` gives it _never)."""
+    """One rule's matcher (a dropped rule never gets here: ``_Shared.rule`` gives it _never).
+
+    ``indexed``: the matcher for a rule the index has kept, without the checks the index
+    has already decided: a check whose Need is exact, in a condition or in the only entry of
+    ``from`` or ``to`` (the rule's keys on that dimension are then within the check's, and
+    a kept rule has the request's key among them). Of several entries, any one may match:
+    their checks are all run."""
+    # An empty entry (``from: [{}]``) matches anything: the list is then not checked.
+    if any(not entry for entry in sources):
+        sources = ()
+    if any(not entry for entry in operations):
+        operations = ()
+    if indexed:
+        if len(sources) == 1:
+            sources = (_undecided(sources[0]),)
+        if len(operations) == 1:
+            operations = (_undecided(operations[0]),)
+        conditions = _undecided(conditions)
     src = tuple(tuple(c.fn for c in entry) for entry in sources)
     ops = tuple(tuple(c.fn for c in entry) for entry in operations)
     cond = tuple(c.fn for c in conditions)
-    # An empty entry (``from: [{}]``) matches anything: the list is then not checked.
-    if any(not entry for entry in src):
-        src = ()
-    if any(not entry for entry in ops):
-        ops = ()
 
     if len(ops) <= 1 and len(src) <= 1:  # the common shape: all of one flat list
         return _all((*(ops[0] if ops else ()), *(src[0] if src else ()), *cond))
@@ -799,8 +947,44 @@ def _rule_matcher(
     return match
 
 
+def _rule_needs(rule: CompiledRule) -> dict[str, frozenset[str]]:
+    """What a request must have for ``rule.match`` to hold, by dimension (the index).
+
+    Read from the same checks as ``_rule_matcher``: any ``to`` entry and any ``from`` entry
+    and all conditions (an entry without checks matches anything: no need)."""
+    out: dict[str, frozenset[str]] = {}
+    ops = tuple(tuple(c.need for c in entry) for entry in rule.operations)
+    src = tuple(tuple(c.need for c in entry) for entry in rule.sources)
+    cond = tuple(c.need for c in rule.conditions)
+    for dim in DIMENSIONS:
+        keys: frozenset[str] | None = None
+        for part in (entries_need(dim, ops), entries_need(dim, src), conditions_need(dim, cond)):
+            if part is not None:
+                keys = part if keys is None else keys & part
+        if keys is not None:
+            out[dim] = keys
+    return out
+
+
+def _undecided(checks: tuple[Check, ...]) -> tuple[Check, ...]:
+    """The checks the index has not decided (see ``_rule_matcher``)."""
+    return tuple(c for c in checks if c.need is None or not c.need.exact)
+
+
 def _all(fns: tuple[Matcher, ...]) -> Matcher:
-    """A rule of at most one ``from`` and one ``to`` entry: every check holds, in order."""
+    """A rule of at most one ``from`` and one ``to`` entry: every check holds, in order.
+    No frame of its own for no check or one check, no loop for two."""
+    if not fns:
+        return _always
+    if len(fns) == 1:
+        return fns[0]
+    if len(fns) == 2:
+        first, second = fns
+
+        def match_both(ctx: Ctx) -> bool:
+            return first(ctx) and second(ctx)
+
+        return match_both
 
     def match_all(ctx: Ctx) -> bool:
         for fn in fns:  # noqa: SIM110 - a generator would cost a frame per rule
@@ -809,3 +993,7 @@ def _all(fns: tuple[Matcher, ...]) -> Matcher:
         return True
 
     return match_all
+
+
+def _always(ctx: Ctx) -> bool:
+    return True

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from extauthz.errors import Reason
 from extauthz.model import Subject
-from extauthz.policy.compile import CompiledPolicies, CompiledRule
+from extauthz.policy.compile import ALLOW, AUDIT, DENY, GROUPS, CompiledPolicies, CompiledRule
 from extauthz.policy.matchers import Ctx
 
-__all__ = ["PolicyResult", "RuleRef", "ShadowResult", "decide", "evaluate"]
+__all__ = ["PolicyResult", "RuleLists", "RuleRef", "ShadowResult", "decide", "evaluate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,35 +63,90 @@ class PolicyResult:
 
 
 def evaluate(compiled: CompiledPolicies, subject: Subject) -> PolicyResult:
-    """The decision for ``subject``. Pure: no I/O, no state."""
+    """The decision for ``subject``. Pure: no I/O, no state.
+
+    Only the rules the index leaves (``RuleIndex.candidates``) are run, in their order, and
+    only the checks the index has not decided (``CompiledRule.run``): a rule left out cannot
+    match, so the decision, the deciding rule and the audits are those of running every rule
+    (``decide`` over all of them; tests/test_policy_index.py holds the two together).
+    """
     ctx = Ctx(subject, compiled.space_delimited)
+    index = compiled.index
+    bits = index.candidates(ctx)
     if compiled.has_dry_run:
-        return decide(compiled, lambda rule: rule.match(ctx))
+        lists = RuleLists(*(index.select(bits, group) for group in range(len(GROUPS))))
+        return decide(compiled, lambda rule: rule.run(ctx), lists)
     # The common case, without the per-rule indirection ``decide`` needs for explain():
-    # the same order and outcomes (a property test holds the two to each other).
-    audits = _audits(compiled.audit, ctx) if compiled.audit else ()
-    for rule in compiled.deny:
-        if rule.match(ctx):
+    # the same order and outcomes.
+    rules = index.rules
+    masks = index.masks
+    audit = bits & masks[AUDIT]
+    audits = _audits(rules, audit, ctx) if audit else ()
+    deny = bits & masks[DENY]
+    while deny:
+        low = deny & -deny
+        rule = rules[low.bit_length() - 1]
+        if rule.run(ctx):
             return PolicyResult(False, Reason.POLICY_DENIED, rule.policy, rule.index, audits)
+        deny ^= low
     if not compiled.has_allow:
         return PolicyResult(True, Reason.ALLOWED, audits=audits) if audits else _ALLOWED
-    for rule in compiled.allow:
-        if rule.match(ctx):
+    allow = bits & masks[ALLOW]
+    while allow:
+        low = allow & -allow
+        rule = rules[low.bit_length() - 1]
+        if rule.run(ctx):
             return PolicyResult(True, Reason.ALLOWED, rule.policy, rule.index, audits)
+        allow ^= low
     return PolicyResult(False, Reason.NO_ALLOW_MATCH, audits=audits) if audits else _NO_ALLOW_MATCH
 
 
-def _audits(rules: tuple[CompiledRule, ...], ctx: Ctx) -> tuple[RuleRef, ...]:
-    return tuple(RuleRef(r.policy, r.index) for r in rules if r.match(ctx))
+def _audits(rules: tuple[CompiledRule, ...], bits: int, ctx: Ctx) -> tuple[RuleRef, ...]:
+    out: list[RuleRef] = []
+    while bits:
+        low = bits & -bits
+        rule = rules[low.bit_length() - 1]
+        if rule.run(ctx):
+            out.append(RuleRef(rule.policy, rule.index))
+        bits ^= low
+    return tuple(out)
 
 
 _ALLOWED = PolicyResult(True, Reason.ALLOWED)
 _NO_ALLOW_MATCH = PolicyResult(False, Reason.NO_ALLOW_MATCH)
 
 
-def decide(compiled: CompiledPolicies, matches: Callable[[CompiledRule], bool]) -> PolicyResult:
-    """Combine rule matches into a decision; ``matches`` says whether one rule matches."""
-    deny = _first(compiled.deny, matches)
+class RuleLists(NamedTuple):
+    """The rule lists ``decide`` runs, in the order of ``GROUPS``: a tenant's, or the
+    candidates among them."""
+
+    deny: tuple[CompiledRule, ...]
+    allow: tuple[CompiledRule, ...]
+    audit: tuple[CompiledRule, ...]
+    dry_deny: tuple[CompiledRule, ...]
+    dry_allow: tuple[CompiledRule, ...]
+    dry_audit: tuple[CompiledRule, ...]
+
+
+def decide(
+    compiled: CompiledPolicies,
+    matches: Callable[[CompiledRule], bool],
+    lists: RuleLists | None = None,
+) -> PolicyResult:
+    """Combine rule matches into a decision; ``matches`` says whether one rule matches.
+
+    ``lists``: the rules to run (all of ``compiled``'s when None); a rule left out must be
+    one that does not match."""
+    if lists is None:
+        lists = RuleLists(
+            compiled.deny,
+            compiled.allow,
+            compiled.audit,
+            compiled.dry_deny,
+            compiled.dry_allow,
+            compiled.dry_audit,
+        )
+    deny = _first(lists.deny, matches)
     allow: CompiledRule | None = None
     decision: tuple[bool, Reason, CompiledRule | None]
     if deny is not None:
@@ -98,10 +154,10 @@ def decide(compiled: CompiledPolicies, matches: Callable[[CompiledRule], bool]) 
     elif not compiled.has_allow:
         decision = (True, Reason.ALLOWED, None)
     else:
-        allow = _first(compiled.allow, matches)
+        allow = _first(lists.allow, matches)
         decision = (True, Reason.ALLOWED, allow) if allow else (False, Reason.NO_ALLOW_MATCH, None)
-    audits = _all(compiled.audit, matches) if compiled.audit else ()
-    shadow = _shadow(compiled, matches, deny, allow) if compiled.has_dry_run else None
+    audits = _all(lists.audit, matches) if lists.audit else ()
+    shadow = _shadow(compiled, lists, matches, deny, allow) if compiled.has_dry_run else None
     allowed, reason, rule = decision
     return PolicyResult(
         allowed=allowed,
@@ -115,12 +171,13 @@ def decide(compiled: CompiledPolicies, matches: Callable[[CompiledRule], bool]) 
 
 def _shadow(
     compiled: CompiledPolicies,
+    lists: RuleLists,
     matches: Callable[[CompiledRule], bool],
     deny: CompiledRule | None,
     allow: CompiledRule | None,
 ) -> ShadowResult:
-    dry_deny = _first(compiled.dry_deny, matches)
-    dry_allow = _first(compiled.dry_allow, matches)
+    dry_deny = _first(lists.dry_deny, matches)
+    dry_allow = _first(lists.dry_allow, matches)
     would_deny = _earliest(deny, dry_deny)
     if would_deny is not None:
         allowed, reason, rule = False, Reason.POLICY_DENIED, would_deny
@@ -137,7 +194,7 @@ def _shadow(
         rule=rule.index if rule else -1,
         deny_match=_ref(dry_deny),
         allow_match=_ref(dry_allow) if deny is None else None,
-        audits=_all(compiled.dry_audit, matches),
+        audits=_all(lists.dry_audit, matches),
     )
 
 

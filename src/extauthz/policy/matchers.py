@@ -33,6 +33,7 @@ __all__ = [
     "ascii_lower",
     "parse_cidr",
     "parse_port",
+    "split_claim",
 ]
 
 MISSING: Final = object()
@@ -56,11 +57,11 @@ def ascii_lower(value: str) -> str:
 class Ctx:
     """What the matchers of one request read. Built once per evaluation."""
 
-    __slots__ = ("_claims", "_host", "_space_delimited", "memo", "subject")
+    __slots__ = ("_claims", "_host", "memo", "space_delimited", "subject")
 
     def __init__(self, subject: Subject, space_delimited: frozenset[str]) -> None:
         self.subject = subject
-        self._space_delimited = space_delimited
+        self.space_delimited = space_delimited  # the claims split at spaces
         self._host: str | None = None
         self._claims: Mapping[str, Any] | object | None = MISSING
         # what condition kinds build once per request and share (the CEL variables), by owner
@@ -70,7 +71,8 @@ class Ctx:
     def host_lower(self) -> str:
         host = self._host
         if host is None:
-            host = self._host = ascii_lower(self.subject.host)
+            host = self.subject.host  # ascii_lower(host), inline
+            host = self._host = host.lower() if host.isascii() else host.translate(_ASCII_LOWER)
         return host
 
     @property
@@ -78,21 +80,44 @@ class Ctx:
         """The JWT payload as Envoy's jwt_authn puts it in metadata (space-delimited split)."""
         claims = self._claims
         if claims is MISSING:
-            claims = self._claims = _normalize_claims(self.subject.claims, self._space_delimited)
+            claims = self._claims = _normalize_claims(self.subject.claims, self.space_delimited)
         return claims  # type: ignore[return-value]
 
     def claim(self, path: tuple[str, ...]) -> Any:
-        """The value at ``path`` in the claims, or MISSING."""
-        value: Any = self.claims
-        if value is None:
-            return MISSING
-        for key in path:
+        """The value at ``path`` in the claims (as ``claims`` has them), or MISSING.
+
+        Reads the one top-level claim it needs, split there if space-delimited, rather than
+        building all of ``claims``."""
+        if not path:
+            whole = self.claims
+            return MISSING if whole is None else whole
+        claims = self._claims
+        if claims is MISSING:
+            claims = self.subject.claims
+            if claims is None:
+                return MISSING
+            head = path[0]
+            value: Any = claims.get(head, MISSING)
+            if isinstance(value, str) and head in self.space_delimited:
+                value = split_claim(value)
+        else:
+            if claims is None:
+                return MISSING
+            value = claims.get(path[0], MISSING)  # type: ignore[attr-defined]
+        if value is MISSING or len(path) == 1:
+            return value
+        for key in path[1:]:
             if type(value) is not dict and not isinstance(value, Mapping):
                 return MISSING
             value = value.get(key, MISSING)
             if value is MISSING:
                 return MISSING
         return value
+
+
+def split_claim(value: str) -> list[str]:
+    """A space-delimited claim as Envoy's jwt_authn puts it in metadata: its non-empty parts."""
+    return list(filter(None, value.split(" ")))
 
 
 def _normalize_claims(
@@ -106,7 +131,7 @@ def _normalize_claims(
         if isinstance(value, str):
             if split is None:
                 split = dict(claims)
-            split[name] = [part for part in value.split(" ") if part]
+            split[name] = split_claim(value)
     return claims if split is None else split
 
 
@@ -207,8 +232,15 @@ class StringSet:
         """The cheapest callable that answers as ``__call__`` does (built at compile time)."""
         if self.present:
             return _always
-        if not (self.ignore_case or self.prefixes or self.suffixes or self.nonempty or self.regex):
-            return self.exact.__contains__
+        if self.ignore_case or self.suffixes or self.nonempty:
+            return self.__call__
+        exact, prefixes, regex = self.exact, self.prefixes, self.regex
+        if regex is None:
+            if not prefixes:
+                return exact.__contains__
+            return _exact_or_prefix(exact, prefixes)
+        if not (exact or prefixes):
+            return _regex_only(regex)
         return self.__call__
 
     def __call__(self, value: str) -> bool:
@@ -227,36 +259,48 @@ class StringSet:
         regex = self.regex
         return regex is not None and regex.fullmatch(value) is not None
 
-    def any_of(self, value: Any) -> bool:
-        """Envoy's claim matcher: a string matches, a list matches if a string element does."""
-        if type(value) is str:
-            return self(value)
-        if type(value) is list:
-            for v in value:
-                if type(v) is str and self(v):
-                    return True
-        return False
-
 
 def _same(value: str) -> str:
     return value
 
 
+def _exact_or_prefix(exact: frozenset[str], prefixes: tuple[str, ...]) -> Callable[[str], bool]:
+    def exact_or_prefix(value: str) -> bool:
+        return value in exact or value.startswith(prefixes)
+
+    return exact_or_prefix
+
+
+def _regex_only(regex: Regex) -> Callable[[str], bool]:
+    fullmatch = regex.fullmatch
+
+    def regex_only(value: str) -> bool:
+        return fullmatch(value) is not None
+
+    return regex_only
+
+
 class IPSet:
     """Any of a field's CIDR ranges (Envoy ``CidrRange``)."""
 
-    __slots__ = ("v4", "v6")
+    __slots__ = ("_v4", "_v6", "v4", "v6")
 
     def __init__(self, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
         self.v4 = tuple(n for n in networks if isinstance(n, ipaddress.IPv4Network))
         self.v6 = tuple(n for n in networks if isinstance(n, ipaddress.IPv6Network))
+        # (network, mask) as integers: ``ip in network`` is ``int(ip) & mask == network``
+        self._v4 = tuple((int(n.network_address), int(n.netmask)) for n in self.v4)
+        self._v6 = tuple((int(n.network_address), int(n.netmask)) for n in self.v6)
 
     def __call__(self, ip: IPAddress | None) -> bool:
         if ip is None:
             return False
-        if isinstance(ip, ipaddress.IPv4Address):
-            return any(ip in n for n in self.v4)
-        return any(ip in n for n in self.v6)
+        nets = self._v4 if isinstance(ip, ipaddress.IPv4Address) else self._v6
+        value = int(ip)
+        for network, mask in nets:  # noqa: SIM110 - a generator would cost a frame per call
+            if value & mask == network:
+                return True
+        return False
 
 
 def parse_cidr(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
