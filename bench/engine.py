@@ -1,6 +1,7 @@
 """In-process time per Check, stage by stage, for the bench tenant (20 policies, JWT cached).
 
     python bench/engine.py [--iterations 20000] [--max-seconds 8]
+    python bench/engine.py --reference-src /tmp/before/src [--rounds 3]   # A/B, alternating
 
 The request and tenant are bench/workload.py's (allowed by the 15th policy, no AUDIT
 match). Each stage runs a warm-up, then ``--iterations`` timed calls (each call timed on its
@@ -29,11 +30,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,7 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=8.0, help="time cap per stage")
     parser.add_argument("--policies", type=Path, default=workload.TENANT_FILE, help="YAML file")
     parser.add_argument("--output", type=Path, help="also write the table to this file")
+    parser.add_argument(
+        "--reference-src", type=Path, help="A/B: also run extauthz from this src/, alternating"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per version (A/B only)")
+    parser.add_argument("--rows-json", type=Path, help=argparse.SUPPRESS)  # a round's rows
     args = parser.parse_args(argv)
+    if args.reference_src is not None:
+        return compare(args)
     # As served (JSON lines through the writer thread), into /dev/null for the whole run.
     devnull = open(os.devnull, "w")  # noqa: SIM115
     with contextlib.redirect_stderr(devnull):
@@ -224,6 +236,61 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"pipeline median {pipe.median_us:.1f} us: target <= {TARGET_PIPELINE_US:.0f} us {verdict}",
     ]
+    text = "\n".join(lines) + "\n"
+    if args.rows_json is not None:
+        args.rows_json.write_text(json.dumps([dataclasses.asdict(r) for r in rows]))
+        return 0
+    sys.stdout.write(text)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    """A/B: rounds of this benchmark in child processes, extauthz (this checkout's imports)
+    and extauthz-ref (``PYTHONPATH`` = ``--reference-src``), alternating which goes first.
+    Reported per stage: the median over rounds of each version's median, and the median of
+    the per-round ratios extauthz / extauthz-ref."""
+    names = ("extauthz", "extauthz-ref")
+    envs = {
+        "extauthz": dict(os.environ),
+        "extauthz-ref": {**os.environ, "PYTHONPATH": str(args.reference_src.resolve())},
+    }
+    medians: dict[tuple[str, str], list[float]] = {}
+    stages: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="extauthz-engine-") as tmp:
+        for round_ in range(args.rounds):
+            order = names if round_ % 2 == 0 else names[::-1]
+            for name in order:
+                out = Path(tmp) / f"{name}-{round_}.json"
+                child = [
+                    sys.executable, __file__, "--rows-json", str(out),
+                    "--iterations", str(args.iterations), "--warmup", str(args.warmup),
+                    "--max-seconds", str(args.max_seconds), "--policies", str(args.policies),
+                ]  # fmt: skip
+                subprocess.run(child, env=envs[name], check=True, timeout=900)
+                for row in json.loads(out.read_text()):
+                    if row["stage"] not in stages:
+                        stages.append(row["stage"])
+                    medians.setdefault((row["stage"], name), []).append(row["median_us"])
+                print(f"round {round_ + 1}/{args.rounds}: {name} done", file=sys.stderr)
+    lines = [
+        f"# extauthz in-process Check time, A/B ({time.strftime('%Y-%m-%d %H:%M:%S')})",
+        "",
+        f"extauthz-ref: {args.reference_src}; {args.rounds} alternating rounds; "
+        f"{os.cpu_count()} cores; Python {platform.python_version()}.",
+        "",
+        "| stage | extauthz median us | extauthz-ref median us | ratio (median of rounds) |",
+        "|---|---:|---:|---:|",
+    ]
+    for stage in stages:
+        new, ref = medians[(stage, names[0])], medians[(stage, names[1])]
+        ratios = [a / b for a, b in zip(new, ref, strict=True) if b > 0]
+        ratio = f"{statistics.median(ratios):.2f}" if ratios else "-"
+        lines.append(
+            f"| {stage} | {statistics.median(new):.1f} | {statistics.median(ref):.1f} | {ratio} |"
+        )
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
     if args.output is not None:

@@ -1,8 +1,9 @@
 """Compile a tenant's AuthorizationPolicy documents into frozen matchers.
 
 Each rule becomes ``CompiledRule``: its ``from`` entries, ``to`` entries and ``when``
-conditions as labelled ``Check`` objects (what ``explain`` walks) plus one closure over the
-same matchers (what ``evaluate`` calls). Rules are ordered the way Envoy orders the policies of
+conditions as labelled ``Check`` objects (what ``explain`` walks) plus closures over the
+same matchers: ``match`` runs them all, ``run`` (what ``evaluate`` calls) those the index has
+not decided. Rules are ordered the way Envoy orders the policies of
 one RBAC filter (by the name Istio gives them, ``ns[<ns>]-policy[<name>]-rule[<i>]``), so the
 first match is the rule Envoy reports as the effective policy.
 
@@ -13,7 +14,7 @@ value (or the bad condition) is dropped, so the rule matches more, never less.
 
 Each ``Check`` of a field also carries its ``Need`` (``index.py``), and the rules of a tenant
 are indexed on them (``CompiledPolicies.index``): ``evaluate`` runs only the rules a request
-can match.
+can match, and of those only the checks the index has not already decided.
 
 Identical fields share their compiled matcher, across the policies of every tenant: a matcher
 is a pure function of the values that reach ``build`` and of the few inputs its builder reads
