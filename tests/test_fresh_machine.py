@@ -30,7 +30,18 @@ def run_pytest(clone: Path, *args: str, ci: bool, path: str | None = None) -> tu
         env["CI"] = "true"
     if path is not None:
         env["PATH"] = path
-    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "0",
+        *args,
+    ]
     done = subprocess.run(
         command, cwd=clone, env=env, capture_output=True, text=True, timeout=300, check=False
     )
