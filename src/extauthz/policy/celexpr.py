@@ -39,6 +39,8 @@ converted once per verified payload (``CelEnv.claims``).
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ from cel_expr_python import cel
 
 from extauthz.datasets import DataSets
 from extauthz.model import Subject
+from extauthz.policy.celfast import FastProgram, Getter, translate
 from extauthz.policy.matchers import Ctx
 
 __all__ = [
@@ -97,6 +100,9 @@ _DATA_SELECT: Final = re.compile(
 # Sets an expression reads as lists are copied into the runtime on every evaluation: bounded.
 MAX_COPIED_VALUES: Final = 1000
 _UNSET: Final = object()
+# read first by the fast path, which leaves to the runtime the claims it cannot convert (the
+# runtime fails, or errs, at its first read of them, in its own order of evaluation)
+_EAGER: Final = frozenset({"auth.claims"})
 # claims kept converted per tenant (each at most a token's size, which the authenticator bounds)
 MAX_CONVERTED_CLAIMS: Final = 64
 
@@ -120,14 +126,11 @@ class CelProgram:
     expression: Any = field(repr=False, compare=False)
     variables: frozenset[str] = frozenset()  # the variables it reads
     data: tuple[str, ...] | None = None  # the sets it reads as lists (``data.name``)
+    # the same expression as Python closures (``celfast``), None outside that subset
+    fast: FastProgram | None = field(default=None, repr=False, compare=False)
 
     def __call__(self, variables: Mapping[str, Any]) -> bool | None:
-        try:
-            value = self.expression.eval(data=variables)
-        except Exception:  # the runtime raises for values it cannot convert
-            return None
-        result = value.value()
-        return result if type(result) is bool else None
+        return _run(self.expression, variables)
 
     def run(self, shared: Any) -> bool | None:
         """As ``__call__``, on an activation built once for the request (``CelEnv.shared``)."""
@@ -137,6 +140,15 @@ class CelProgram:
             return None
         result = value.value()
         return result if type(result) is bool else None
+
+
+def _run(expression: Any, variables: Mapping[str, Any]) -> bool | None:
+    try:
+        value = expression.eval(data=variables)
+    except Exception:  # the runtime raises for values it cannot convert
+        return None
+    result = value.value()
+    return result if type(result) is bool else None
 
 
 class CelEnv:
@@ -150,8 +162,10 @@ class CelEnv:
         self._env: Any = None  # built on the first expression: most tenants have none
         self.reads: set[str] = set()  # what the tenant's expressions read, but ``data``
         # verified claims converted for the runtime, by the identity of the token's payload
-        # (the authenticator's cache hands out the same payload for the same token)
-        self._claims: dict[int, tuple[object, dict[str, Any]]] = {}
+        # (the authenticator's cache hands out the same payload for the same token), with
+        # whether the runtime can convert them (``_convertible``)
+        self._claims: dict[int, tuple[object, dict[str, Any], bool]] = {}
+        self._getters: dict[str, Getter] | None = None
 
     def _runtime(self) -> Any:
         if self._env is None:
@@ -197,24 +211,80 @@ class CelEnv:
             raise CelError(f"must be a bool expression, not {kind.lower()}")
         variables = referenced(source)
         self.reads |= variables - {"data"}
-        return CelProgram(source, expression, variables, data)
+        fast = translate(
+            expression.serialize(),
+            self._fast_getters(),
+            self._contains,
+            _EAGER,
+            functools.partial(self._evaluate, expression, variables),
+        )
+        return CelProgram(source, expression, variables, data, fast)
+
+    def _evaluate(self, expression: Any, names: frozenset[str], ctx: Ctx) -> bool | None:
+        """``expression`` by the runtime, on the variables ``names`` of one request."""
+        try:
+            variables = activation(ctx, self, names)
+        except Exception:  # e.g. claims nested too deep (RecursionError)
+            return None
+        return _run(expression, variables)
+
+    def _fast_getters(self) -> dict[str, Getter]:
+        """The variables as the fast path reads them (``data`` and ``request.time`` are not
+        in its subset)."""
+        if self._getters is None:
+            getters: dict[str, Getter] = {
+                name: _bound(get, self)
+                for name, get in GETTERS.items()
+                if name not in ("data", "request.time", "auth.claims")
+            }
+            getters.update(_DIRECT)
+            getters["auth.claims"] = self._claims_getter()
+            self._getters = getters
+        return self._getters
 
     def claims(self, ctx: Ctx) -> dict[str, Any]:
         """``auth.claims``: the request's claims as plain data, converted once per token
         payload (the last ``MAX_CONVERTED_CLAIMS`` payloads are kept, with their payload so
         an identity is never mistaken for another)."""
+        return self._converted(ctx)[1]
+
+    def _claims_getter(self) -> Getter:
+        """``converted_claims`` with the lookup of a payload converted before inline."""
+        cache = self._claims
+        converted = self.converted_claims
+
+        def claims(ctx: Ctx) -> dict[str, Any]:
+            raw = ctx.subject.claims
+            if not raw:
+                return _NO_CLAIMS[1]
+            found = cache.get(id(raw))
+            if found is not None and found[0] is raw and found[2]:
+                return found[1]
+            return converted(ctx)
+
+        return claims
+
+    def converted_claims(self, ctx: Ctx) -> dict[str, Any]:
+        """``claims``, or ValueError where the runtime could not convert them (an integer
+        outside int64/uint64, a string that is not UTF-8): the fast path's ``auth.claims``."""
+        _, converted, ok = self._converted(ctx)
+        if not ok:
+            raise ValueError("claims the CEL runtime cannot convert")
+        return converted
+
+    def _converted(self, ctx: Ctx) -> tuple[object, dict[str, Any], bool]:
         raw = ctx.subject.claims
         if not raw:
-            return {}
+            return _NO_CLAIMS
         found = self._claims.get(id(raw))
         if found is not None and found[0] is raw:
-            return found[1]
+            return found
         normalized = ctx.claims
         converted: dict[str, Any] = _plain(normalized) if normalized else {}
         if len(self._claims) >= MAX_CONVERTED_CLAIMS:
             self._claims.clear()
-        self._claims[id(raw)] = (raw, converted)
-        return converted
+        entry = self._claims[id(raw)] = (raw, converted, _convertible(converted))
+        return entry
 
     def shared(self, ctx: Ctx) -> Any:
         """One activation per request holding every variable the tenant's expressions read,
@@ -332,14 +402,23 @@ def check_cost(source: str) -> None:
 # -- the variables of one request ------------------------------------------------------------
 
 
-Getter = Callable[[Ctx, "CelEnv"], Any]
+VariableGetter = Callable[[Ctx, "CelEnv"], Any]
 
 
 def _ip(value: object) -> str:
     return str(value) if value is not None else ""
 
 
-GETTERS: Final[Mapping[str, Getter]] = {
+@functools.lru_cache(maxsize=256)
+def _workload(principal: str) -> tuple[str, str]:
+    """``spiffe://td/ns/<ns>/sa/<sa>`` -> (ns, sa); ("", "") for any other form."""
+    parts = principal.split("/")
+    if len(parts) == 7 and parts[3] == "ns" and parts[5] == "sa":
+        return parts[4], parts[6]
+    return "", ""
+
+
+GETTERS: Final[Mapping[str, VariableGetter]] = {
     "request.method": lambda c, e: c.subject.method,
     "request.host": lambda c, e: c.subject.host,
     "request.path": lambda c, e: c.subject.path,
@@ -361,6 +440,18 @@ GETTERS: Final[Mapping[str, Getter]] = {
     "tenant.timeZone": lambda c, e: e.time_zone,
     "data": lambda c, e: None,  # each condition passes the sets its expressions read
 }
+
+
+# variables read straight from the request (always strings there)
+_DIRECT: Final[Mapping[str, Getter]] = {
+    "request.method": operator.attrgetter("subject.method"),
+    "request.host": operator.attrgetter("subject.host"),
+    "request.path": operator.attrgetter("subject.path"),
+}
+
+
+def _bound(get: VariableGetter, env: CelEnv) -> Getter:
+    return lambda ctx: get(ctx, env)
 
 
 def activation(ctx: Ctx, env: CelEnv, names: Iterable[str] = VARIABLES) -> dict[str, Any]:
@@ -405,6 +496,39 @@ def _plain(value: Any) -> Any:
 
 
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_NO_CLAIMS: Final[tuple[object, dict[str, Any], bool]] = (None, {}, True)
+
+
+def _convertible(value: Any) -> bool:
+    """Whether the runtime converts ``value`` (plain data, as ``_plain`` makes it): integers
+    within int64..uint64, strings that encode as UTF-8 (no lone surrogates from a JSON escape).
+    Raises RecursionError for data nested too deep, as ``_plain`` does."""
+    kind = type(value)
+    if kind is str:
+        return bool(value.isascii() or _utf8(value))
+    if kind is int:
+        return bool(-(2**63) <= value < 2**64)
+    if kind is dict:
+        return all(
+            (k.isascii() or _utf8(k)) and (type(v) in _PLAIN_OK or _convertible(v))
+            for k, v in value.items()
+        )
+    if kind is list:
+        return all(type(v) in _PLAIN_OK or _convertible(v) for v in value)
+    return kind in _PLAIN_OK
+
+
+_PLAIN_OK: Final = frozenset({float, bool, type(None)})
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 _MAPS: Final = frozenset({dict, MappingProxyType})
 _LISTS: Final = frozenset({list, tuple})
 
@@ -422,14 +546,6 @@ def _query(s: Subject) -> dict[str, str]:
 def _headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The request's headers as a dict the runtime reads (never writes): no copy if one."""
     return headers if type(headers) is dict else dict(headers)
-
-
-def _workload(principal: str) -> tuple[str, str]:
-    """``spiffe://td/ns/<ns>/sa/<sa>`` -> (ns, sa); ("", "") for any other form."""
-    parts = principal.split("/")
-    if len(parts) == 7 and parts[3] == "ns" and parts[5] == "sa":
-        return parts[4], parts[6]
-    return "", ""
 
 
 def _string(value: object) -> str:

@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 
 from extauthz.datasets import DataSets
 from extauthz.documents import Document, Path
-from extauthz.policy.celexpr import CelEnv, CelError, CelProgram, activation
+from extauthz.policy.celexpr import CelEnv, CelError, CelProgram, ErrorCounter, activation
+from extauthz.policy.celfast import FastProgram
 from extauthz.policy.matchers import Ctx, Matcher
 from extauthz.policy.timewindow import TimeWindowError, Windows, parse_windows
 
@@ -92,6 +93,10 @@ def _cel_matcher(
     reads_data = any(p.data is not None for p in programs)
     sets = tuple(sorted({n for p in programs for n in p.data or ()}))
 
+    fast = tuple(p.fast for p in programs if p.fast is not None)
+    if len(fast) == len(programs):
+        return _fast_matcher(fast, counter, negate, fail)
+
     def cel_condition(ctx: Ctx) -> bool:
         shared = None if reads_data else env.shared(ctx)
         failed = False
@@ -122,6 +127,38 @@ def _cel_matcher(
         return negate
 
     return cel_condition
+
+
+def _fast_matcher(
+    programs: tuple[FastProgram, ...], counter: ErrorCounter, negate: bool, fail: bool
+) -> Matcher:
+    """As ``cel_condition``, for expressions that all run on the fast path (``celfast``)."""
+    if len(programs) == 1:
+        (program,) = programs
+
+        def cel_fast(ctx: Ctx) -> bool:
+            result = program(ctx)
+            if result is None:
+                counter.count += 1
+                return fail
+            return result != negate
+
+        return cel_fast
+
+    def cel_fast_any(ctx: Ctx) -> bool:
+        failed = False
+        for program in programs:
+            result = program(ctx)
+            if result is True:
+                return not negate
+            if result is None:
+                failed = True
+        if failed:
+            counter.count += 1
+            return fail
+        return negate
+
+    return cel_fast_any
 
 
 def _window_matcher(windows: Windows, env: CelEnv, negate: bool, fail: bool) -> Matcher:
