@@ -185,13 +185,22 @@ class _Generator:
 
     def boolean(self, e: syntax_pb2.Expr) -> tuple[str, bool]:
         """(code, may raise) of an operand that must be a bool."""
-        kind = self.kind(e)
+        return self.checked(e, _BOOL, "_boolean")
+
+    def string(self, e: syntax_pb2.Expr) -> tuple[str, bool]:
+        """(code, may raise) of an operand that must be a string."""
+        return self.checked(e, _STRING, "_string")
+
+    def checked(self, e: syntax_pb2.Expr, kind: str, check: str) -> tuple[str, bool]:
+        """(code, may raise) of an operand of type ``kind``: a ``dyn`` one goes through
+        ``check``, which raises for a value of another type."""
+        found = self.kind(e)
         code, raises = self.expr(e)
-        if kind == _BOOL:
+        if found == kind:
             return code, raises
-        if kind == _DYN:
-            return f"_boolean({code})", True
-        raise _Unsupported("not a bool")
+        if found == _DYN:
+            return f"{check}({code})", True
+        raise _Unsupported(f"not a {kind}")
 
     def expr(self, e: syntax_pb2.Expr) -> tuple[str, bool]:
         """(Python expression, whether it may raise) for one node."""
@@ -337,16 +346,6 @@ class _Generator:
         if method == "contains":
             return f"({p} in {s})", rs or rp
         return f"{s}.{method}({p})", rs or rp
-
-    def string(self, e: syntax_pb2.Expr) -> tuple[str, bool]:
-        """(code, may raise) of an operand that must be a string."""
-        kind = self.kind(e)
-        code, raises = self.expr(e)
-        if kind == _STRING:
-            return code, raises
-        if kind == _DYN:
-            return f"_string({code})", True
-        raise _Unsupported("not a string")
 
     def data_contains(self, e: syntax_pb2.Expr, args: list[syntax_pb2.Expr]) -> tuple[str, bool]:
         name = _literal(args[0])

@@ -9,6 +9,7 @@ counted on the tenant's ``CelEnv.errors``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 from zoneinfo import ZoneInfo
@@ -99,34 +100,35 @@ def _cel_matcher(
 
     def cel_condition(ctx: Ctx) -> bool:
         shared = None if reads_data else env.shared(ctx)
-        failed = False
         if shared is not None:
-            for program in programs:
-                result = program.run(shared)
-                if result is True:
-                    return not negate
-                if result is None:
-                    failed = True
-        else:
-            try:
-                variables = activation(ctx, env, names)
-                if reads_data:  # a set not held, or grown past the list limit: an error
-                    variables["data"] = env.lists(sets)
-            except (RecursionError, LookupError, ValueError, TypeError):  # e.g. claims too deep
-                counter.count += 1
-                return fail
-            for program in programs:
-                result = program(variables)
-                if result is True:
-                    return not negate
-                if result is None:
-                    failed = True
-        if failed:
+            return _decide((p.run(shared) for p in programs), counter, negate, fail)
+        try:
+            variables = activation(ctx, env, names)
+            if reads_data:  # a set not held, or grown past the list limit: an error
+                variables["data"] = env.lists(sets)
+        except (RecursionError, LookupError, ValueError, TypeError):  # e.g. claims too deep
             counter.count += 1
             return fail
-        return negate
+        return _decide((p(variables) for p in programs), counter, negate, fail)
 
     return cel_condition
+
+
+def _decide(
+    results: Iterable[bool | None], counter: ErrorCounter, negate: bool, fail: bool
+) -> bool:
+    """Whether a condition of expressions with these ``results`` holds: any true decides it;
+    else any error (None) is counted and decided ``fail``."""
+    failed = False
+    for result in results:
+        if result is True:
+            return not negate
+        if result is None:
+            failed = True
+    if failed:
+        counter.count += 1
+        return fail
+    return negate
 
 
 def _fast_matcher(
@@ -146,17 +148,7 @@ def _fast_matcher(
         return cel_fast
 
     def cel_fast_any(ctx: Ctx) -> bool:
-        failed = False
-        for program in programs:
-            result = program(ctx)
-            if result is True:
-                return not negate
-            if result is None:
-                failed = True
-        if failed:
-            counter.count += 1
-            return fail
-        return negate
+        return _decide((p(ctx) for p in programs), counter, negate, fail)
 
     return cel_fast_any
 
