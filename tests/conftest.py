@@ -9,9 +9,9 @@ import pytest
 from tests.helpers import (
     REDIS_HINT,
     REPO,
-    RedisServer,
     ServerProcess,
     have_redis_server,
+    redis_fixture,
     require,
     serving,
 )
@@ -23,14 +23,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         require(have_redis_server(), REDIS_HINT)
 
 
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    """A throwaway redis-server of this test's own (it may stop and restart it)."""
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
+# A throwaway redis-server of each test's own (it may stop and restart it).
+redis = redis_fixture("function")
 
 
 @pytest.fixture(scope="module")

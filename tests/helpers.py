@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import pytest
@@ -408,3 +408,51 @@ class RedisClusterServers:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def redis_fixture(scope: Literal["function", "module"]) -> Any:
+    """A ``redis`` fixture: a throwaway redis-server per test (``function``: the test may stop
+    and restart it) or per module (whose tests flush it as they need).
+    In a module: ``redis = redis_fixture("module")``."""
+
+    @pytest.fixture(scope=scope)
+    def redis() -> Iterator[RedisServer]:
+        server = RedisServer()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    return redis
+
+
+# A tenant of the DataSet tests: a DENY on a revoked token id held in the DataSet revoked-jti.
+DATA_ISSUER = Issuer(iss="https://issuer.test", kid="k1")
+DATA_HOST = "acme.example.com"
+DENY_REVOKED_JTI = """  action: DENY
+  rules:
+  - when:
+    - key: extauthz.io/cel
+      values: ['has(auth.claims.jti) && data.contains("revoked-jti", auth.claims.jti)']"""
+
+
+def apply_revoked_jti_tenant(url: str, directory: Path, *extra: str) -> None:
+    """``policy apply`` tenant acme (DENY_REVOKED_JTI) and the documents ``extra`` to Redis."""
+    docs = "---\n".join(
+        [
+            tenant_yaml("acme", match=f"{{hosts: [{DATA_HOST}]}}", issuer=DATA_ISSUER),
+            policy_yaml("deny-revoked", "acme", DENY_REVOKED_JTI),
+            *extra,
+        ]
+    )
+    (directory / "acme.yaml").write_text(docs)
+    from extauthz.cli import main
+
+    assert main(["policy", "apply", "--redis-url", url, "-f", str(directory)]) == 0
+
+
+def data_command(url: str, *args: str) -> int:
+    """``extauthz data <args[0]> --redis-url url --tenant acme <args[1:]>``."""
+    from extauthz.cli import main
+
+    return main(["data", args[0], "--redis-url", url, "--tenant", "acme", *args[1:]])

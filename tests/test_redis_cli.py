@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from extauthz.cli import main
-from tests.helpers import REPO, RedisServer, redis_cli, tenant_documents
+from tests.helpers import REPO, RedisServer, redis_cli, redis_fixture, tenant_documents
 
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
+redis = redis_fixture("module")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ tenant's record, changed in place, picked up by every serving replica without a 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,16 @@ from google.rpc import code_pb2
 
 from extauthz.cli import main
 from tests.helpers import (
-    Issuer,
+    DATA_HOST,
+    DATA_ISSUER,
+    DENY_REVOKED_JTI,
     RedisServer,
+    apply_revoked_jti_tenant,
     check_request,
+    data_command,
     policy_yaml,
     redis_cli,
+    redis_fixture,
     serving,
     tenant_yaml,
     wait_for,
@@ -23,46 +27,25 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.redis
 
-ISSUER = Issuer(iss="https://issuer.test", kid="k1")
-HOST = "acme.example.com"
-DENY = """  action: DENY
-  rules:
-  - when:
-    - key: extauthz.io/cel
-      values: ['has(auth.claims.jti) && data.contains("revoked-jti", auth.claims.jti)']"""
+ISSUER = DATA_ISSUER
+HOST = DATA_HOST
 DATASET = """apiVersion: extauthz.io/v1
 kind: DataSet
 metadata: {name: revoked-jti, namespace: acme}
 spec: {values: [a1]}
 """
 
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
+redis = redis_fixture("module")
 
 
 @pytest.fixture
 def url(redis: RedisServer, tmp_path: Path) -> str:
     redis_cli(redis.port, "flushall")
-    docs = "---\n".join(
-        [
-            tenant_yaml("acme", match=f"{{hosts: [{HOST}]}}", issuer=ISSUER),
-            DATASET,
-            policy_yaml("deny-revoked", "acme", DENY),
-        ]
-    )
-    (tmp_path / "acme.yaml").write_text(docs)
-    assert main(["policy", "apply", "--redis-url", redis.url, "-f", str(tmp_path)]) == 0
+    apply_revoked_jti_tenant(redis.url, tmp_path, DATASET)
     return redis.url
 
 
-def data(url: str, *args: str) -> int:
-    return main(["data", args[0], "--redis-url", url, "--tenant", "acme", *args[1:]])
+data = data_command
 
 
 def test_add_remove_get_list(url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -225,7 +208,7 @@ def test_policy_naming_an_unknown_set_is_refused(
 ) -> None:
     """A policy that reads a set neither the files nor Redis hold is refused (exit 1);
     a set created with data add can be named."""
-    deny = DENY.replace("revoked-jti", "blocked")
+    deny = DENY_REVOKED_JTI.replace("revoked-jti", "blocked")
     path = tmp_path / "more.yaml"
     path.write_text(policy_yaml("deny-blocked", "acme", deny))
     # the tenant's other documents are re-applied with it

@@ -15,31 +15,27 @@ import pytest
 import redis as redis_py
 from google.rpc import code_pb2
 
-from extauthz.cli import main
 from tests.helpers import (
-    Issuer,
+    DATA_HOST,
+    DATA_ISSUER,
     RedisServer,
     ServerProcess,
+    apply_revoked_jti_tenant,
     check_request,
+    data_command,
     policy_yaml,
     redis_cli,
     serving,
-    tenant_yaml,
     wait_for,
 )
 
 pytestmark = pytest.mark.redis
 
-ISSUER = Issuer(iss="https://issuer.test", kid="k1")
-HOST = "acme.example.com"
+ISSUER = DATA_ISSUER
+HOST = DATA_HOST
 SETS = "extauthz:{acme}:sets"
 SET = "extauthz:{acme}:set:revoked-jti"
 CHANNEL = "extauthz:changes"
-DENY = """  action: DENY
-  rules:
-  - when:
-    - key: extauthz.io/cel
-      values: ['has(auth.claims.jti) && data.contains("revoked-jti", auth.claims.jti)']"""
 # Denies unless exactly one of the two headers is in the set "big": a set seen half old,
 # half new (neither value, or both) is denied.
 WHOLE = """  action: DENY
@@ -53,19 +49,15 @@ WHOLE = """  action: DENY
 
 @pytest.fixture
 def url(redis: RedisServer, tmp_path: Path) -> str:
-    docs = "---\n".join(
-        [
-            tenant_yaml("acme", match=f"{{hosts: [{HOST}]}}", issuer=ISSUER),
-            "apiVersion: extauthz.io/v1\nkind: DataSet\n"
-            "metadata: {name: revoked-jti, namespace: acme}\nspec: {values: [j-1]}\n",
-            "apiVersion: extauthz.io/v1\nkind: DataSet\n"
-            "metadata: {name: big, namespace: acme}\nspec: {}\n",
-            policy_yaml("deny-revoked", "acme", DENY),
-            policy_yaml("whole", "acme", WHOLE),
-        ]
+    apply_revoked_jti_tenant(
+        redis.url,
+        tmp_path,
+        "apiVersion: extauthz.io/v1\nkind: DataSet\n"
+        "metadata: {name: revoked-jti, namespace: acme}\nspec: {values: [j-1]}\n",
+        "apiVersion: extauthz.io/v1\nkind: DataSet\n"
+        "metadata: {name: big, namespace: acme}\nspec: {}\n",
+        policy_yaml("whole", "acme", WHOLE),
     )
-    (tmp_path / "acme.yaml").write_text(docs)
-    assert main(["policy", "apply", "--redis-url", redis.url, "-f", str(tmp_path)]) == 0
     return redis.url
 
 
@@ -79,8 +71,7 @@ def raw(redis: RedisServer) -> Iterator[redis_py.Redis]:
         client.close()
 
 
-def data(url: str, *args: str) -> int:
-    return main(["data", args[0], "--redis-url", url, "--tenant", "acme", *args[1:]])
+data = data_command
 
 
 def jti(value: str) -> object:
