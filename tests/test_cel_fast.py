@@ -9,6 +9,7 @@ and for every request its result (true, false, or an evaluation error) must be t
 from __future__ import annotations
 
 import ast
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ string_var = st.sampled_from(
         "auth.principal",
         "auth.presenter",
         "tenant.name",
+        "tenant.timeZone",
         'request.headers["x-k"]',
         "request.headers.accept",
         'request.query["q"]',
@@ -50,8 +52,19 @@ dyn = st.one_of(
     st.sampled_from(CLAIM_KEYS).map(lambda k: f'auth.claims["{k}"]'),
     st.sampled_from(["k", "sub"]).map(lambda k: f"auth.claims.obj.{k}"),
 )
+TIME_PARTS = ["getFullYear", "getMonth", "getDayOfYear", "getDayOfMonth", "getDate"]
+TIME_PARTS += ["getDayOfWeek", "getHours", "getMinutes", "getSeconds", "getMilliseconds"]
+zone_arg = st.sampled_from(["", '"America/New_York"', '"Asia/Kolkata"', "tenant.timeZone"])
+time_part = st.tuples(st.sampled_from(TIME_PARTS), zone_arg).map(
+    lambda t: f"request.time.{t[0]}({t[1]})"
+)
+INSTANTS = ["2026-03-29T01:00:00Z", "2026-10-25T01:00:00+00:00", "2028-02-29T23:59:59.5Z"]
+timestamp = st.sampled_from(INSTANTS).map(lambda t: f'timestamp("{t}")')
 integer = st.one_of(
+    time_part,
+    time_part,
     st.integers(-3, 3).map(str),
+    st.integers(0, 24).map(str),
     st.one_of(string, dyn).map(lambda s: f"size({s})"),
     string.map(lambda s: f"{s}.size()"),
     st.just("destination.port"),
@@ -83,6 +96,11 @@ def comparisons() -> st.SearchStrategy[str]:
         st.one_of(string, dyn).map(lambda v: f'data.contains("blocked", {v})'),
         st.just('data.contains("gone", request.method)'),
         st.sampled_from(["true", "false", "auth.claims.flag"]),
+        st.tuples(
+            st.one_of(st.just("request.time"), timestamp),
+            st.sampled_from(["<", "<=", ">", ">=", "==", "!="]),
+            st.one_of(st.just("request.time"), timestamp),
+        ).map(" ".join),
     )
 
 
@@ -126,6 +144,29 @@ headers = st.dictionaries(
 )
 
 
+# instants about the daylight-saving changes of Europe/Berlin and America/New_York, the
+# turns of a day, a week, a month and a leap year, and anything in between
+UTC = datetime.UTC
+times = st.one_of(
+    st.sampled_from(
+        [
+            datetime.datetime(2026, 3, 29, 0, 59, 59, tzinfo=UTC),
+            datetime.datetime(2026, 3, 29, 1, 0, tzinfo=UTC),
+            datetime.datetime(2026, 3, 29, 1, 30, tzinfo=UTC),
+            datetime.datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
+            datetime.datetime(2026, 10, 25, 1, 30, tzinfo=UTC),
+            datetime.datetime(2026, 3, 8, 7, 0, tzinfo=UTC),
+            datetime.datetime(2026, 11, 1, 6, 0, tzinfo=UTC),
+            datetime.datetime(2028, 2, 29, 23, 59, 59, 999000, tzinfo=UTC),
+            datetime.datetime(2026, 12, 31, 23, 0, tzinfo=UTC),
+        ]
+    ),
+    st.datetimes(
+        min_value=datetime.datetime(2000, 1, 1), max_value=datetime.datetime(2100, 1, 1)
+    ).map(lambda d: d.replace(tzinfo=UTC)),
+)
+
+
 @st.composite
 def subjects(draw: st.DrawFn) -> Subject:
     return Subject(
@@ -139,6 +180,7 @@ def subjects(draw: st.DrawFn) -> Subject:
         headers=draw(headers),
         query=draw(st.sampled_from(["", "q=1", "q=alice&q=2", "r=%ff"])),
         destination_port=draw(st.sampled_from([0, 1, 443])),
+        time=draw(st.one_of(st.none(), times, times, times)),
     )
 
 
@@ -151,7 +193,7 @@ def runtime(program: CelProgram, ctx: Ctx, env: CelEnv) -> bool | None:
     return program(variables)
 
 
-ENV = CelEnv("acme", "UTC", DataSets(SETS, live=True))
+ENV = CelEnv("acme", "Europe/Berlin", DataSets(SETS, live=True))
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -163,10 +205,42 @@ def test_fast_path_decides_as_the_runtime(source: str, subject: Subject) -> None
     assert program.fast(Ctx(subject, frozenset())) is expected, source
 
 
+time_expression = st.recursive(
+    st.one_of(
+        st.tuples(
+            time_part, st.sampled_from(["==", "!=", "<", ">="]), st.integers(0, 60).map(str)
+        ).map(" ".join),
+        st.tuples(time_part, st.sampled_from(["==", "<"]), time_part).map(" ".join),
+        st.tuples(
+            st.one_of(st.just("request.time"), timestamp),
+            st.sampled_from(["<", ">=", "=="]),
+            st.one_of(st.just("request.time"), timestamp),
+        ).map(" ".join),
+    ),
+    lambda inner: st.tuples(inner, st.sampled_from(["&&", "||"]), inner).map(
+        lambda t: f"({' '.join(t)})"
+    ),
+    max_leaves=3,
+)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(source=time_expression, when=times)
+def test_time_functions_decide_as_the_runtime(source: str, when: datetime.datetime) -> None:
+    """Accessors of request.time in UTC, in a named zone and in the tenant's, on both sides
+    of daylight-saving changes, and comparisons with timestamp literals: as the runtime."""
+    program = ENV.compile(source)
+    assert program.fast is not None, f"outside the fast path: {source}"
+    ctx = Ctx(Subject(time=when), frozenset())
+    assert program.fast(ctx) is runtime(program, ctx, ENV), source
+
+
 @pytest.mark.parametrize(
     "source",
     [
-        "request.time.getHours() > 8",  # timestamps
+        'request.time.getHours("+01:00") > 8',  # a zone as an offset
+        "request.time.getHours(request.path) > 8",  # a zone read from the request
+        'request.time - duration("1h") < request.time',  # durations
         "auth.claims.n > 1",  # ordering of a dyn value
         'request.path.matches("^/a")',  # regexes
         "size(request.path) + 1 > 2",  # arithmetic

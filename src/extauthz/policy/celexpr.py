@@ -39,6 +39,7 @@ converted once per verified payload (``CelEnv.claims``).
 
 from __future__ import annotations
 
+import datetime
 import functools
 import operator
 import re
@@ -52,7 +53,7 @@ from cel_expr_python import cel
 
 from extauthz.datasets import DataSets
 from extauthz.model import Subject
-from extauthz.policy.celfast import FastProgram, Getter, translate
+from extauthz.policy.celfast import FastProgram, Getter, Scope, translate
 from extauthz.policy.matchers import Ctx
 
 __all__ = [
@@ -165,7 +166,7 @@ class CelEnv:
         # (the authenticator's cache hands out the same payload for the same token), with
         # whether the runtime can convert them (``_convertible``)
         self._claims: dict[int, tuple[object, dict[str, Any], bool]] = {}
-        self._getters: dict[str, Getter] | None = None
+        self._fast: Scope | None = None
 
     def _runtime(self) -> Any:
         if self._env is None:
@@ -213,9 +214,7 @@ class CelEnv:
         self.reads |= variables - {"data"}
         fast = translate(
             expression.serialize(),
-            self._fast_getters(),
-            self._contains,
-            _EAGER,
+            self._scope(),
             functools.partial(self._evaluate, expression, variables),
         )
         return CelProgram(source, expression, variables, data, fast)
@@ -228,19 +227,25 @@ class CelEnv:
             return None
         return _run(expression, variables)
 
-    def _fast_getters(self) -> dict[str, Getter]:
-        """The variables as the fast path reads them (``data`` and ``request.time`` are not
-        in its subset)."""
-        if self._getters is None:
+    def _scope(self) -> Scope:
+        """The variables as the fast path reads them (``data`` is not in its subset)."""
+        if self._fast is None:
             getters: dict[str, Getter] = {
                 name: _bound(get, self)
                 for name, get in GETTERS.items()
                 if name not in ("data", "request.time", "auth.claims")
             }
             getters.update(_DIRECT)
+            getters["request.time"] = _request_time
             getters["auth.claims"] = self._claims_getter()
-            self._getters = getters
-        return self._getters
+            self._fast = Scope(
+                getters,
+                self._contains,
+                constants={"tenant.name": self.tenant, "tenant.timeZone": self.time_zone},
+                raising=frozenset({"request.time"}),
+                eager=_EAGER,
+            )
+        return self._fast
 
     def claims(self, ctx: Ctx) -> dict[str, Any]:
         """``auth.claims``: the request's claims as plain data, converted once per token
@@ -448,6 +453,13 @@ _DIRECT: Final[Mapping[str, Getter]] = {
     "request.host": operator.attrgetter("subject.host"),
     "request.path": operator.attrgetter("subject.path"),
 }
+
+
+def _request_time(ctx: Ctx) -> datetime.datetime:
+    when = ctx.subject.time
+    if when is None:  # no clock reading: the runtime has no such variable, an error
+        raise LookupError("request.time")
+    return when
 
 
 def _bound(get: VariableGetter, env: CelEnv) -> Getter:

@@ -33,15 +33,20 @@ runtime's results over generated expressions and requests.
 
 from __future__ import annotations
 
+import datetime
+import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import tzinfo
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from cel.expr import checked_pb2, syntax_pb2
 from google.protobuf import any_pb2
 
 from extauthz.policy.matchers import Ctx
 
-__all__ = ["FastProgram", "Getter", "translate"]
+__all__ = ["FastProgram", "Getter", "Scope", "translate"]
 
 Getter = Callable[[Ctx], Any]
 FastProgram = Callable[[Ctx], "bool | None"]
@@ -52,6 +57,7 @@ _BOOL: Final = "bool"
 _DYN: Final = "dyn"
 _MAP: Final = "map"  # with string keys
 _LIST: Final = "list"
+_TIME: Final = "timestamp"  # an aware datetime
 _PRIMITIVE: Final = {
     checked_pb2.Type.PrimitiveType.STRING: _STRING,
     checked_pb2.Type.PrimitiveType.INT64: _INT,
@@ -67,31 +73,34 @@ class EvalError(Exception):
     """A CEL evaluation error (no overload for the value's type)."""
 
 
-def translate(
-    serialized: bytes,
-    getters: Mapping[str, Getter],
-    contains: Callable[[str, str], bool],
-    eager: frozenset[str],
-    fallback: FastProgram,
-) -> FastProgram | None:
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a tenant's expressions may read, and how."""
+
+    getters: Mapping[str, Getter]  # the variables, read from the request
+    contains: Callable[[str, str], bool]  # ``data.contains``; raises for a set not held
+    constants: Mapping[str, object] = field(default_factory=dict)  # fixed for the tenant
+    raising: frozenset[str] = frozenset()  # getters that raise for a missing value (an error)
+    # getters that raise for a value the fast path does not model: read first, and when one
+    # raises, the runtime decides the request
+    eager: frozenset[str] = frozenset()
+
+
+def translate(serialized: bytes, scope: Scope, fallback: FastProgram) -> FastProgram | None:
     """The expression the runtime serialized (``Expression.serialize()``) as one Python
     function of a request's ``Ctx``, or None when it uses anything outside the subset.
-
-    ``getters``: the variables it may read; ``contains(set, value)``: the tenant's
-    ``data.contains`` (raises for a set not held); ``eager``: variables whose getter raises
-    for a value the fast path does not model, read first: when one raises, ``fallback`` (the
-    runtime) decides the request."""
+    ``fallback``: the runtime's evaluation, for what ``scope.eager`` leaves to it."""
     wrapper = any_pb2.Any()
     checked = checked_pb2.CheckedExpr()
     try:
         wrapper.ParseFromString(serialized)
         if not wrapper.Unpack(checked):
             return None
-        gen = _Generator(checked, getters, eager)
+        gen = _Generator(checked, scope)
         code = gen.root(checked.expr)
     except _Unsupported:
         return None
-    return gen.function(code, contains, fallback)
+    return gen.function(code, scope.contains, fallback)
 
 
 # The generated function: one frame per expression, the variables and literals bound as
@@ -118,16 +127,10 @@ _PARAMS: Final = "@params@"  # the request and the eager reads, filled in last
 
 
 class _Generator:
-    def __init__(
-        self,
-        checked: checked_pb2.CheckedExpr,
-        getters: Mapping[str, Getter],
-        eager: frozenset[str],
-    ) -> None:
+    def __init__(self, checked: checked_pb2.CheckedExpr, scope: Scope) -> None:
         self.types = checked.type_map
         self.refs = checked.reference_map
-        self.getters = getters
-        self.eager = eager
+        self.scope = scope
         self.cells: dict[str, object] = {}
         self.helpers: list[str] = []  # nested functions for the operands ``_and``/``_or`` take
         self.reads: dict[str, str] = {}  # eager variable -> the local holding it
@@ -178,6 +181,8 @@ class _Generator:
             return _MAP
         if which == "list_type":
             return _LIST
+        if which == "well_known" and t.well_known == checked_pb2.Type.WellKnownType.TIMESTAMP:
+            return _TIME
         raise _Unsupported(f"type {which}")
 
     def root(self, e: syntax_pb2.Expr) -> str:
@@ -223,17 +228,30 @@ class _Generator:
         raise _Unsupported(f"expression {which}")
 
     def variable(self, e: syntax_pb2.Expr, name: str) -> tuple[str, bool]:
-        ref = self.refs.get(e.id)
-        if ref is not None and ref.name:
-            name = ref.name
-        getter = self.getters.get(name)
+        name = self.name(e, name)
+        self.kind(e)  # a type the subset knows
+        if name in self.scope.constants:
+            return self.cell(self.scope.constants[name]), False
+        getter = self.scope.getters.get(name)
         if getter is None:
             raise _Unsupported(f"variable {name}")
-        self.kind(e)  # a type the subset knows
         cell = self.cell(getter)
-        if name in self.eager:  # read once, first (its error is the expression's)
+        if name in self.scope.eager:  # read once, first
             return self.reads.setdefault(cell, f"v{len(self.reads)}"), False
-        return f"{cell}(ctx)", False
+        return f"{cell}(ctx)", name in self.scope.raising
+
+    def name(self, e: syntax_pb2.Expr, name: str) -> str:
+        ref = self.refs.get(e.id)
+        return ref.name if ref is not None and ref.name else name
+
+    def fixed(self, e: syntax_pb2.Expr) -> tuple[object] | None:
+        """(value,) of a literal or of a variable fixed for the tenant, else None."""
+        found = _literal(e)
+        if found is None and e.WhichOneof("expr_kind") == "ident_expr":
+            name = self.name(e, e.ident_expr.name)
+            if name in self.scope.constants:
+                return (self.scope.constants[name],)
+        return found
 
     def select(self, e: syntax_pb2.Expr) -> tuple[str, bool]:
         ref = self.refs.get(e.id)
@@ -285,7 +303,7 @@ class _Generator:
 
     def equality(self, e: syntax_pb2.Expr, args: list[syntax_pb2.Expr]) -> tuple[str, bool]:
         ka, kb = self.kind(args[0]), self.kind(args[1])
-        if not (ka == kb and ka in (_STRING, _INT, _BOOL)) and {ka, kb} != {_STRING, _DYN}:
+        if not (ka == kb and ka in (_STRING, _INT, _BOOL, _TIME)) and {ka, kb} != {_STRING, _DYN}:
             raise _Unsupported("equality of these types")
         (a, ra), (b, rb) = self.expr(args[0]), self.expr(args[1])
         op = "==" if e.call_expr.function == "_==_" else "!="
@@ -293,7 +311,7 @@ class _Generator:
 
     def ordering(self, e: syntax_pb2.Expr, args: list[syntax_pb2.Expr]) -> tuple[str, bool]:
         ka, kb = self.kind(args[0]), self.kind(args[1])
-        if ka != kb or ka not in (_STRING, _INT):
+        if ka != kb or ka not in (_STRING, _INT, _TIME):
             raise _Unsupported("ordering of these types")
         (a, ra), (b, rb) = self.expr(args[0]), self.expr(args[1])
         op = _ORDERING[e.call_expr.function]
@@ -347,6 +365,33 @@ class _Generator:
             return f"({p} in {s})", rs or rp
         return f"{s}.{method}({p})", rs or rp
 
+    def time_part(self, e: syntax_pb2.Expr, args: list[syntax_pb2.Expr]) -> tuple[str, bool]:
+        """``t.getHours()``, ``t.getDayOfWeek("Europe/Berlin")``, ...: in UTC or in a zone
+        named by a literal or by ``tenant.timeZone`` (an IANA name; the runtime also takes
+        offsets like ``+01:00``, which stay with it)."""
+        if self.kind(args[0]) != _TIME:
+            raise _Unsupported("time accessor on another type")
+        t, raises = self.expr(args[0])
+        zone: tzinfo = datetime.UTC
+        if len(args) == 2:
+            name = self.fixed(args[1])
+            if name is None or not isinstance(name[0], str) or not _IANA.fullmatch(name[0]):
+                raise _Unsupported("time zone other than a fixed IANA name")
+            try:
+                zone = ZoneInfo(name[0])
+            except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
+                raise _Unsupported("unknown time zone") from None
+        part = _TIME_PARTS[e.call_expr.function]
+        return f"{part}({t}.astimezone({self.cell(zone)}))", raises
+
+    def timestamp(self, e: syntax_pb2.Expr, args: list[syntax_pb2.Expr]) -> tuple[str, bool]:
+        """``timestamp("2026-03-29T01:00:00Z")``: RFC 3339 text, microseconds at most."""
+        text = _literal(args[0])
+        if text is None or not isinstance(text[0], str) or not _RFC3339.fullmatch(text[0]):
+            raise _Unsupported("timestamp() of other than an RFC 3339 literal")
+        when = datetime.datetime.fromisoformat(text[0].upper())
+        return self.cell(when.astimezone(datetime.UTC)), False
+
     def data_contains(self, e: syntax_pb2.Expr, args: list[syntax_pb2.Expr]) -> tuple[str, bool]:
         name = _literal(args[0])
         if name is None or not isinstance(name[0], str):
@@ -374,7 +419,42 @@ _CALLS: Final[Mapping[tuple[str, int], _Build]] = {
     ("endsWith", 2): _Generator.string_test,
     ("contains", 2): _Generator.string_test,
     ("data.contains", 2): _Generator.data_contains,
+    ("timestamp", 1): _Generator.timestamp,
+    **{
+        (name, n): _Generator.time_part
+        for name in (
+            "getFullYear",
+            "getMonth",
+            "getDayOfYear",
+            "getDayOfMonth",
+            "getDate",
+            "getDayOfWeek",
+            "getHours",
+            "getMinutes",
+            "getSeconds",
+            "getMilliseconds",
+        )
+        for n in (1, 2)
+    },
 }
+# CEL's accessors on a datetime in the zone asked for (months, days of the year and of the
+# month from 0, days of the week from Sunday = 0; getDate from 1)
+_TIME_PARTS: Final = {
+    "getFullYear": "_year",
+    "getMonth": "_month",
+    "getDayOfYear": "_day_of_year",
+    "getDayOfMonth": "_day_of_month",
+    "getDate": "_date",
+    "getDayOfWeek": "_day_of_week",
+    "getHours": "_hours",
+    "getMinutes": "_minutes",
+    "getSeconds": "_seconds",
+    "getMilliseconds": "_milliseconds",
+}
+_IANA: Final = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*")
+_RFC3339: Final = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})"
+)
 _ORDERING: Final = {"_<_": "<", "_<=_": "<=", "_>_": ">", "_>=_": ">="}
 _STRING_TESTS: Final = {"startsWith": "startswith", "endsWith": "endswith", "contains": "contains"}
 
@@ -466,6 +546,46 @@ def _size(value: object) -> int:
     raise EvalError("no matching overload for size")
 
 
+def _year(d: datetime.datetime) -> int:
+    return d.year
+
+
+def _month(d: datetime.datetime) -> int:
+    return d.month - 1
+
+
+def _day_of_year(d: datetime.datetime) -> int:
+    return d.timetuple().tm_yday - 1
+
+
+def _day_of_month(d: datetime.datetime) -> int:
+    return d.day - 1
+
+
+def _date(d: datetime.datetime) -> int:
+    return d.day
+
+
+def _day_of_week(d: datetime.datetime) -> int:
+    return (d.weekday() + 1) % 7
+
+
+def _hours(d: datetime.datetime) -> int:
+    return d.hour
+
+
+def _minutes(d: datetime.datetime) -> int:
+    return d.minute
+
+
+def _seconds(d: datetime.datetime) -> int:
+    return d.second
+
+
+def _milliseconds(d: datetime.datetime) -> int:
+    return d.microsecond // 1000
+
+
 _HELPERS: Final[Mapping[str, object]] = {
     "__builtins__": {"len": len, "bool": bool, "Exception": Exception},
     "_boolean": _boolean,
@@ -477,4 +597,5 @@ _HELPERS: Final[Mapping[str, object]] = {
     "_in_strings": _in_strings,
     "_in_dyn": _in_dyn,
     "_size": _size,
+    **{name: globals()[name] for name in _TIME_PARTS.values()},
 }
