@@ -2,6 +2,7 @@
 
     python bench/custom.py engine [--values 1000000] [--iterations 21000] [--max-seconds 6]
         [--rounds 7]
+    python bench/custom.py engine --instructions 2000      # callgrind: instructions instead
     python bench/custom.py propagation [--sizes 1000,100000,1000000] [--adds 100] [--idle 5]
         [--reference-src /tmp/before/src [--reference-adds 10]]
 
@@ -42,6 +43,7 @@ import gc
 import io
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +61,7 @@ from engine import Row, measure  # noqa: E402
 from extauthz.authn import JwksCache  # noqa: E402
 from extauthz.catalog import compile_documents  # noqa: E402
 from extauthz.documents import Document, document_from_data, load_documents  # noqa: E402
+from extauthz.model import Subject  # noqa: E402
 from extauthz.pipeline import CheckPipeline  # noqa: E402
 from extauthz.policy import evaluate  # noqa: E402
 from extauthz.registry import Snapshot  # noqa: E402
@@ -128,7 +131,8 @@ def rss_mib() -> float:
     return 0.0
 
 
-def engine(args: argparse.Namespace) -> None:
+def bench_subject() -> tuple[list[Document], JwksCache, Subject]:
+    """The bench tenant's documents, its JWKS cache and the bench request's subject."""
     base_docs = load_documents(workload.TENANT_FILE.read_bytes(), str(workload.TENANT_FILE))
     jwks = JwksCache()
     base = compile_documents(workload.TENANT, base_docs, jwks)
@@ -141,6 +145,68 @@ def engine(args: argparse.Namespace) -> None:
     outcome, _, subject = pipeline.trace(snapshot, view)
     if subject is None or outcome.policy != workload.DECIDING_POLICY:
         raise SystemExit(f"unexpected decision for the bench request: {outcome}")
+    return base_docs, jwks, subject
+
+
+def engine_loop(args: argparse.Namespace) -> None:
+    """(internal, under callgrind) ``--n`` evaluations of variant ``--variant`` between two
+    ``itertools.pairwise`` calls, the markers callgrind dumps its counters at."""
+    import itertools
+
+    base_docs, jwks, subject = bench_subject()
+    docs = [
+        base_docs,
+        [*base_docs, *plain_policies()],
+        [*base_docs, dataset("revoked-sub", args.values), *cel_policies()],
+    ][args.variant]
+    policies = compile_documents(workload.TENANT, docs, jwks).policies
+    if evaluate(policies, subject).policy != workload.DECIDING_POLICY:
+        raise SystemExit("unexpected decision")
+    gc.freeze()
+    itertools.pairwise(())
+    for _ in range(args.n):
+        evaluate(policies, subject)
+    itertools.pairwise(())
+
+
+def instructions(args: argparse.Namespace) -> None:
+    """Instructions per evaluation of each variant (callgrind): what the machine's load does
+    not move."""
+    from accounting import callgrind_counts
+
+    work = Path(tempfile.mkdtemp(prefix="extauthz-cel-callgrind-"))
+    n = args.instructions
+    counts = []
+    for variant in range(3):
+        out = work / f"v{variant}.out"
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", "--dump-before=pairwise_new",
+             f"--callgrind-out-file={out}", sys.executable, __file__, "engine-loop",
+             "--variant", str(variant), "--n", str(n), "--values", "1000"],
+            env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, timeout=1800,
+            check=True,
+        )  # fmt: skip
+        dumps = sorted(work.glob(f"{out.name}.*"), key=lambda f: int(f.suffix[1:]))
+        counts.append(callgrind_counts(dumps[-1])[0] / n)
+    base, plain, cel = counts
+    plain_rule = (plain - base) / len(PLAIN_RULES)
+    cel_rule = (cel - base) / len(CEL_RULES)
+    units = cel_rule / plain_rule if plain_rule > 0 else float("inf")
+    verdict = "met" if units <= TARGET_PLAIN_RULES else "NOT met"
+    print(
+        f"instructions per evaluation (callgrind, {n} calls): bench tenant {base:,.0f}; + 5 plain "
+        f"DENY rules {plain:,.0f}; + 5 CEL DENY rules and a DataSet {cel:,.0f}; one plain rule "
+        f"{plain_rule:,.0f}, one CEL rule {cel_rule:,.0f} = {units:.1f} plain rules "
+        f"(target <= {TARGET_PLAIN_RULES:.0f}: {verdict})"
+    )
+
+
+def engine(args: argparse.Namespace) -> None:
+    if args.instructions:
+        instructions(args)
+        return
+    base_docs, jwks, subject = bench_subject()
+    base = compile_documents(workload.TENANT, base_docs, jwks)
 
     gc.collect()
     rss_before = rss_mib()
@@ -484,6 +550,14 @@ def main() -> None:
     e.add_argument("--iterations", type=int, default=21_000, help="per variant, all rounds")
     e.add_argument("--max-seconds", type=float, default=6.0, help="per variant, all rounds")
     e.add_argument("--rounds", type=int, default=7, help="alternating rounds")
+    e.add_argument(
+        "--instructions", type=int, default=0, metavar="N",
+        help="instead: instructions per evaluation under callgrind, N calls per variant",
+    )  # fmt: skip
+    loop = sub.add_parser("engine-loop", help="(internal) evaluations under callgrind")
+    loop.add_argument("--variant", type=int, required=True)
+    loop.add_argument("--n", type=int, required=True)
+    loop.add_argument("--values", type=int, default=1000)
     p = sub.add_parser("propagation", help="data add -> both of two replicas deny")
     p.add_argument("--sizes", default="1000,100000,1000000", help="set sizes, comma-separated")
     p.add_argument("--adds", type=int, default=100, help="adds per set size")
@@ -494,7 +568,8 @@ def main() -> None:
     a.add_argument("--redis-url", required=True)
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(BENCH.parent / "src"))
-    {"engine": engine, "propagation": propagation, "adder": adder}[args.command](args)
+    commands = {"engine": engine, "engine-loop": engine_loop, "propagation": propagation}
+    {**commands, "adder": adder}[args.command](args)
 
 
 if __name__ == "__main__":
