@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from extauthz.cli import _env
-from extauthz.envoyconfig import DEFAULT_BODY_BYTES, EnvoyOptions, HostPort, TlsFiles, XfccMode
+from extauthz.envoyoptions import DEFAULT_BODY_BYTES, EnvoyOptions, HostPort, TlsFiles, XfccMode
 from extauthz.pathnorm import PathNormalization
 
 _add = functools.partial(_env.add, scope="envoy")
