@@ -302,3 +302,23 @@ def test_errors_absorbed_as_cel_absorbs_them() -> None:
         assert program.fast is not None
         assert program.fast(ctx) is expected, source
         assert runtime(program, ctx, ENV) is expected, source
+
+
+def test_deepest_expressions_the_runtime_accepts() -> None:
+    """Expressions nested as deep as the runtime's checker allows still translate (Python's
+    parser has limits of its own) and decide as the runtime does."""
+    decided = 0
+    for depth in range(1, 40):
+        source = "true"
+        for i in range(depth):
+            op = "&&" if i % 2 else "||"
+            source = f'(request.method == "m{i}" {op} !({source}))'
+        try:
+            program = ENV.compile(source)
+        except Exception:  # past the runtime's recursion limit: refused at load
+            continue
+        ctx = Ctx(Subject(method="m3"), frozenset())
+        assert program.fast is not None, depth
+        assert program.fast(ctx) is runtime(program, ctx, ENV), depth
+        decided += 1
+    assert decided >= 10

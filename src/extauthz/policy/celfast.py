@@ -98,9 +98,9 @@ def translate(serialized: bytes, scope: Scope, fallback: FastProgram) -> FastPro
             return None
         gen = _Generator(checked, scope)
         code = gen.root(checked.expr)
-    except _Unsupported:
+        return gen.function(code, scope.contains, fallback)
+    except (_Unsupported, SyntaxError, RecursionError, MemoryError):  # too deep for Python
         return None
-    return gen.function(code, scope.contains, fallback)
 
 
 # The generated function: one frame per expression, the variables and literals bound as
