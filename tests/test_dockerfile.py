@@ -173,6 +173,7 @@ def test_build_stage_builds_the_wheel_into_a_venv(instructions: list[Instruction
     build = stages(instructions)[0]
     runs = " && ".join(i.args for i in build if i.keyword == "RUN")
     assert re.search(r"pip wheel --no-deps\b", runs), runs
+    assert re.search(r"EXTAUTHZ_COMPILE=1 python -m pip wheel\b", runs), "the compiled build"
     assert "python -m venv /opt/venv" in runs
     assert re.search(r"/opt/venv/bin/python -m pip install /wheels/extauthz-\S*\.whl", runs)
 
@@ -272,7 +273,12 @@ def test_dockerignore_admits_only_the_build_inputs() -> None:
         for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
-    admitted = ["pyproject.toml", "src/extauthz/__init__.py", "src/extauthz/cli/__init__.py"]
+    admitted = [
+        "pyproject.toml",
+        "setup.py",
+        "src/extauthz/__init__.py",
+        "src/extauthz/cli/__init__.py",
+    ]
     admitted += [str(p.relative_to(ROOT)) for p in (ROOT / "policies").glob("*.yaml")]
     for rel in admitted:
         assert (ROOT / rel).exists(), rel
