@@ -13,8 +13,9 @@ from typing import Final
 __all__ = ["COMPILED", "MODULES", "PURE", "build"]
 
 # The hot path of a Check, as paths relative to the project root (what mypycify takes).
-# Left out: servicer.py and telemetry_counts.py (gRPC and OpenTelemetry callbacks that mypyc
-# cannot compile), and everything that only runs at load time or in the CLI.
+# Kept Python: servicer.py (a subclass of grpc's generated servicer class, called by grpc.aio)
+# and telemetry_counts.py (also read by the metrics collector's thread), whose compiled forms
+# are not tested, and everything that runs only at load time or in the CLI.
 MODULES: Final = (
     "src/extauthz/model.py",
     "src/extauthz/decode.py",
