@@ -29,6 +29,13 @@ def run(
     )
 
 
+def test_version_names_the_build() -> None:
+    """The package under test is the pure one (tests/test_compiled.py checks the other)."""
+    out = run("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "extauthz 0.1.0 (pure Python)"
+
+
 def test_validate_examples() -> None:
     """The shipped example policies validate."""
     out = run("policy", "validate", str(REPO / "policies"))

@@ -173,6 +173,7 @@ def test_build_stage_builds_the_wheel_into_a_venv(instructions: list[Instruction
     build = stages(instructions)[0]
     runs = " && ".join(i.args for i in build if i.keyword == "RUN")
     assert re.search(r"pip wheel --no-deps\b", runs), runs
+    assert re.search(r"EXTAUTHZ_COMPILE=1 python -m pip wheel\b", runs), "the compiled build"
     assert "python -m venv /opt/venv" in runs
     assert re.search(r"/opt/venv/bin/python -m pip install /wheels/extauthz-\S*\.whl", runs)
 
@@ -272,7 +273,12 @@ def test_dockerignore_admits_only_the_build_inputs() -> None:
         for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
-    admitted = ["pyproject.toml", "src/extauthz/__init__.py", "src/extauthz/cli/__init__.py"]
+    admitted = [
+        "pyproject.toml",
+        "setup.py",
+        "src/extauthz/__init__.py",
+        "src/extauthz/cli/__init__.py",
+    ]
     admitted += [str(p.relative_to(ROOT)) for p in (ROOT / "policies").glob("*.yaml")]
     for rel in admitted:
         assert (ROOT / rel).exists(), rel
@@ -303,10 +309,11 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
     venv's copy of extauthz is the one that runs, not the one under test in the repository.
     """
     wheels = tmp_path / "wheels"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXTAUTHZ_")}
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
          "-q", str(ROOT), "-w", str(wheels)],
-        check=True, timeout=180, cwd=tmp_path,
+        check=True, timeout=180, cwd=tmp_path, env=env,
     )  # fmt: skip
     (wheel,) = wheels.glob("extauthz-*.whl")
     with zipfile.ZipFile(wheel) as zf:
@@ -316,6 +323,9 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
     assert "extauthz/__init__.py" in names
     assert "extauthz/py.typed" in names
     assert not [n for n in names if n.startswith("tests/")]
+    # without EXTAUTHZ_COMPILE=1 the wheel is pure Python (tests/test_compiled.py: the other)
+    assert not [n for n in names if n.endswith(".so")]
+    assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
 
     venv = tmp_path / "venv"
     subprocess.run(
@@ -327,7 +337,6 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
         [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
         check=True, timeout=120,
     )  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXTAUTHZ_")}
     env.pop("PYTHONPATH", None)
     where = subprocess.run(
         [str(py), "-c", "import extauthz; print(extauthz.__file__)"],

@@ -34,7 +34,8 @@ def rule(compiled: CompiledTenant) -> CompiledRule:
 
 
 def allowed(compiled: CompiledTenant, **subject: object) -> bool:
-    return evaluate(compiled.policies, Subject(method="GET", path="/api/x", **subject)).allowed  # type: ignore[arg-type]
+    fields = {"method": "GET", "path": "/api/x", **subject}
+    return evaluate(compiled.policies, Subject(**fields)).allowed  # type: ignore[arg-type]
 
 
 def test_identical_policies_share_checks_and_rule_matcher() -> None:
@@ -123,3 +124,32 @@ def test_matchers_no_tenant_uses_are_freed() -> None:
     del held
     gc.collect()
     assert len(_SHARED.checks) < before
+
+
+def test_a_freed_rule_matcher_is_never_handed_to_another_rule() -> None:
+    """Tenants replaced again and again (reloads) each get the matcher of their own values.
+
+    Each rule here has a matcher of its own (two checks the index does not decide), held
+    weakly by the shared table. As tenants are dropped their matchers are freed, and a new
+    rule must never be given a freed rule's entry (a stale weak reference, or an object at a
+    reused address): it would then decide by another rule's values."""
+    held: list[tuple[int, CompiledTenant]] = []  # every fifth tenant (two matchers of each rule)
+    before = len(_SHARED.rules)
+    for i in range(80):
+        spec = (
+            "  action: ALLOW\n  rules:\n  - to:\n"
+            f"    - operation: {{paths: ['*/v{i}'], notMethods: [DELETE]}}\n"
+        )
+        t = tenant(f"t{i % 7}", spec)
+        assert allowed(t, path=f"/x/v{i}"), i
+        assert not allowed(t, path=f"/x/v{i - 1}"), i
+        assert not allowed(t, path=f"/x/v{i}", method="DELETE"), i
+        if i % 5 == 0:
+            held.append((i, t))
+        if i % 4 == 3:
+            gc.collect()
+    for i, t in held:  # what stayed alive still decides by its own values
+        assert allowed(t, path=f"/x/v{i}"), i
+        assert not allowed(t, path=f"/x/v{i + 1}"), i
+    gc.collect()
+    assert len(_SHARED.rules) <= before + 2 * len(held), "freed matchers leave the table"

@@ -22,6 +22,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from extauthz import compiled
 from extauthz.app import Components, build
 from extauthz.health import Health
 from extauthz.registry import Registry
@@ -88,7 +89,13 @@ class Server:
         self._start_metrics()
         await server.start()
         self._grpc = server
-        log.info("serving", listen=c.settings.listen, port=bound, store=c.store.name)
+        log.info(
+            "serving",
+            listen=c.settings.listen,
+            port=bound,
+            store=c.store.name,
+            build=compiled.build(),
+        )
         await c.jwks.start()
         self._store_task = asyncio.create_task(c.store.run(c.registry), name="store")
         self._store_task.add_done_callback(self._on_store_exit)

@@ -136,8 +136,8 @@ class Authenticator:
         """Find, verify and map the request's token. Never raises."""
         try:
             return self._authenticate(view, time.time() if now is None else now)
-        except InvalidToken as exc:
-            return _invalid(exc.detail)
+        except InvalidToken as invalid:  # (a name of its own: the compiled build types it)
+            return _invalid(invalid.detail)
         except Exception as exc:
             log.error("authentication failed unexpectedly", extra={"error": type(exc).__name__})
             return _invalid("token could not be verified")

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from extauthz import __version__
+from extauthz import __version__, compiled
 from extauthz.cli import check, data, envoy, health, policy, ratelimit, serve
 
 __all__ = ["main"]
@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="extauthz",
         description="External authorization for Envoy and Istio (ext_authz gRPC).",
     )
-    parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"extauthz {__version__} ({compiled.build()})"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (serve, policy, data, ratelimit, check, health, envoy):
         module.register(sub)

@@ -30,8 +30,12 @@ import sys
 import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from operator import attrgetter
+from types import FunctionType
 from typing import Final, Generic, TypeVar
+
+from mypy_extensions import mypyc_attr
 
 from extauthz.documents import Document, Path, field_name
 from extauthz.policy.custom import CUSTOM_PREFIX, CustomContext, custom_condition
@@ -98,6 +102,9 @@ ALWAYS_SPACE_DELIMITED: Final = ("scope", "permission")
 _EXPERIMENTAL: Final = "experimental.envoy.filters."
 
 
+# A plain Python class in the compiled build too: mypyc's native classes have no weakref slot,
+# and the shared table holds Checks weakly.
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True, weakref_slot=True)
 class Check:
     """One field of a rule: ``field`` names it (``to[0].operation.paths``). Shared between
@@ -315,8 +322,8 @@ class _RuleCompiler:
                 try:
                     if validate is not None:
                         validate(v)
-                except TemplateError as exc:  # Envoy would reject the config: an error
-                    message = f"invalid path template {v!r}: {exc}"
+                except TemplateError as bad:  # Envoy would reject the config: an error
+                    message = f"invalid path template {v!r}: {bad}"
                     raise self.doc.error(message, (*path, name, i)) from None
                 except ValueError as exc:
                     self._bad((*path, name, i), str(exc))
@@ -869,8 +876,17 @@ class _Shared:
             fn = _rule_matcher(sources, operations, conditions, indexed)
             if fn is _always or _is_check(fn, sources, operations, conditions):
                 return fn  # no matcher of its own: nothing to share (nor to hold weakly)
-            self.rules.put(key, fn)
+            fn = self.rules.put(key, _weakly_held(fn))
         return fn
+
+
+def _weakly_held(fn: Matcher) -> Matcher:
+    """``fn`` as an object the weak table can track: a Python function as it is; a compiled
+    one (the mypyc build) wrapped in a ``partial``, a plain Python object. A weak reference to
+    a compiled closure is not dependable (its callback may never run, and its id may be
+    reused while the table still maps a key to it), which could hand one rule another rule's
+    matcher."""
+    return fn if isinstance(fn, FunctionType) else partial(fn)
 
 
 def _is_check(
