@@ -57,9 +57,10 @@ def build_and_install(workdir: Path) -> Path:
         else:
             shutil.copy2(src, source / name)
     wheels = workdir / "wheels"
-    env = {**os.environ, "EXTAUTHZ_COMPILE": "1"}
+    # C at -O0: the same code as the Dockerfile's -O3 build, in about half the compiler's
+    # time (the suite has ten minutes on two cores)
+    env = {**os.environ, "EXTAUTHZ_COMPILE": "1", "EXTAUTHZ_COMPILE_OPT": "0"}
     env.pop("PYTHONPATH", None)
-    env.pop("EXTAUTHZ_COMPILE_OPT", None)  # the default level, as the Dockerfile builds
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
          "--no-index", "-q", str(source), "-w", str(wheels)],

@@ -196,7 +196,7 @@ def runtime(program: CelProgram, ctx: Ctx, env: CelEnv) -> bool | None:
 ENV = CelEnv("acme", "Europe/Berlin", DataSets(SETS, live=True))
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(source=expression, subject=subjects())
 def test_fast_path_decides_as_the_runtime(source: str, subject: Subject) -> None:
     program = ENV.compile(source)
@@ -224,7 +224,7 @@ time_expression = st.recursive(
 )
 
 
-@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(source=time_expression, when=times)
 def test_time_functions_decide_as_the_runtime(source: str, when: datetime.datetime) -> None:
     """Accessors of request.time in UTC, in a named zone and in the tenant's, on both sides
