@@ -47,6 +47,8 @@ string_var = st.sampled_from(
 )
 string = st.one_of(literal, string_var)
 CLAIM_KEYS = ["sub", "groups", "n", "flag", "obj", "odd"]
+# RE2 patterns as CEL string literals (a backslash doubled)
+PATTERNS = ["^/a", "a+", "^$", "(?i)get", "\\\\d", "é", ".", "^[a-z-]+$", "y$", "^a,b$"]
 dyn = st.one_of(
     st.sampled_from(CLAIM_KEYS).map(lambda k: f"auth.claims.{k}"),
     st.sampled_from(CLAIM_KEYS).map(lambda k: f'auth.claims["{k}"]'),
@@ -94,6 +96,9 @@ def comparisons() -> st.SearchStrategy[str]:
             st.one_of(string, dyn), st.sampled_from(["startsWith", "endsWith", "contains"]), string
         ).map(lambda t: f"{t[0]}.{t[1]}({t[2]})"),
         st.one_of(string, dyn).map(lambda v: f'data.contains("blocked", {v})'),
+        st.tuples(st.one_of(string, dyn), st.sampled_from(PATTERNS)).map(
+            lambda t: f'{t[0]}.matches("{t[1]}")'
+        ),
         st.just('data.contains("gone", request.method)'),
         st.sampled_from(["true", "false", "auth.claims.flag"]),
         st.tuples(
@@ -235,6 +240,20 @@ def test_time_functions_decide_as_the_runtime(source: str, when: datetime.dateti
     assert program.fast(ctx) is runtime(program, ctx, ENV), source
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    target=st.one_of(string, dyn),
+    pattern=st.sampled_from(PATTERNS),
+    subject=subjects(),
+)
+def test_matches_decides_as_the_runtime(target: str, pattern: str, subject: Subject) -> None:
+    """``matches()`` is RE2 finding the pattern anywhere in the string, as in the runtime."""
+    program = ENV.compile(f'{target}.matches("{pattern}")')
+    assert program.fast is not None
+    ctx = Ctx(subject, frozenset())
+    assert program.fast(ctx) is runtime(program, ctx, ENV), (target, pattern)
+
+
 @pytest.mark.parametrize(
     "source",
     [
@@ -242,7 +261,8 @@ def test_time_functions_decide_as_the_runtime(source: str, when: datetime.dateti
         "request.time.getHours(request.path) > 8",  # a zone read from the request
         'request.time - duration("1h") < request.time',  # durations
         "auth.claims.n > 1",  # ordering of a dyn value
-        'request.path.matches("^/a")',  # regexes
+        "request.path.matches(request.host)",  # a pattern read from the request
+        'request.path.matches("(")',  # a pattern RE2 refuses: an error at evaluation
         "size(request.path) + 1 > 2",  # arithmetic
         'request.headers.exists(h, h == "x")',  # macros
         '"alice" in data.blocked',  # the data variable

@@ -22,13 +22,15 @@ no text of a document is ever compiled as Python. What the runtime does is what 
   runtime decides the request (``fallback``), since where it fails depends on its own order
   of evaluation.
 
-The subset: string, int and bool literals; the request variables but ``request.time`` and the
-``data`` variable; field selection and ``[]`` on maps with string keys, ``has()``; ``!``,
-``&&``, ``||``, ``? :``; ``==``, ``!=``; ``<``, ``<=``, ``>``, ``>=`` on two ints or two
-strings; ``in``; ``size``; ``startsWith``, ``endsWith``, ``contains``; ``data.contains``.
-Anything else (arithmetic, timestamps, macros, ``matches``, doubles) keeps the runtime, and
-so does a whole expression using it. tests/test_cel_fast.py holds the translation to the
-runtime's results over generated expressions and requests.
+The subset: string, int and bool literals; the request variables but the ``data`` variable;
+field selection and ``[]`` on maps with string keys, ``has()``; ``!``, ``&&``, ``||``, ``? :``;
+``==``, ``!=``; ``<``, ``<=``, ``>``, ``>=`` on two ints, two strings or two timestamps; ``in``;
+``size``; ``startsWith``, ``endsWith``, ``contains``; ``matches`` with a literal pattern (RE2,
+as the runtime); ``data.contains``; ``request.time`` accessors in UTC, a literal IANA zone or
+``tenant.timeZone``, and ``timestamp`` literals. Anything else (arithmetic, durations, zones
+as offsets, macros, doubles) keeps the runtime, and so does a whole expression using it.
+tests/test_cel_fast.py holds the translation to the runtime's results over generated
+expressions and requests.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from datetime import tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
+import re2
 from cel.expr import checked_pb2, syntax_pb2
 from google.protobuf import any_pb2
 
@@ -365,6 +368,19 @@ class _Generator:
             return f"({p} in {s})", rs or rp
         return f"{s}.{method}({p})", rs or rp
 
+    def matches(self, e: syntax_pb2.Expr, args: list[syntax_pb2.Expr]) -> tuple[str, bool]:
+        """``s.matches("re")``: RE2, matching anywhere in ``s``, as the runtime does. A pattern
+        that is not a literal, or one RE2 refuses (an error at evaluation), stays with it."""
+        pattern = _literal(args[1])
+        if pattern is None or not isinstance(pattern[0], str):
+            raise _Unsupported("matches() of a computed pattern")
+        try:
+            compiled = re2.compile(pattern[0])
+        except re2.error:
+            raise _Unsupported("a pattern RE2 refuses") from None
+        s, raises = self.string(args[0])
+        return f"({self.cell(compiled)}.search({s}) is not None)", raises
+
     def time_part(self, e: syntax_pb2.Expr, args: list[syntax_pb2.Expr]) -> tuple[str, bool]:
         """``t.getHours()``, ``t.getDayOfWeek("Europe/Berlin")``, ...: in UTC or in a zone
         named by a literal or by ``tenant.timeZone`` (an IANA name; the runtime also takes
@@ -420,6 +436,7 @@ _CALLS: Final[Mapping[tuple[str, int], _Build]] = {
     ("contains", 2): _Generator.string_test,
     ("data.contains", 2): _Generator.data_contains,
     ("timestamp", 1): _Generator.timestamp,
+    ("matches", 2): _Generator.matches,
     **{
         (name, n): _Generator.time_part
         for name in (
