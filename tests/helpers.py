@@ -456,3 +456,28 @@ def data_command(url: str, *args: str) -> int:
     from extauthz.cli import main
 
     return main(["data", args[0], "--redis-url", url, "--tenant", "acme", *args[1:]])
+
+
+def policy_documents(policies: Sequence[Mapping[str, Any]], *, skip_dry: bool = False) -> list[Any]:
+    """AuthorizationPolicy documents of namespace ``t`` built from generated ``policies``
+    (``action``, ``rules``, optional ``dry`` for Istio's dry-run annotation), named ``p00``,
+    ``p01``, ... in list order; ``skip_dry`` leaves the dry-run ones out (names unchanged)."""
+    import yaml
+
+    from extauthz.documents import load_documents
+
+    docs: list[Any] = []
+    for i, p in enumerate(policies):
+        if skip_dry and p.get("dry"):
+            continue
+        meta: dict[str, Any] = {"name": f"p{i:02d}", "namespace": "t"}
+        if p.get("dry"):
+            meta["annotations"] = {"istio.io/dry-run": "true"}
+        body = {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": meta,
+            "spec": {"action": p["action"], "rules": p["rules"]},
+        }
+        docs += load_documents(yaml.safe_dump(body), f"p{i}.yaml")
+    return docs

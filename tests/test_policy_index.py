@@ -26,6 +26,7 @@ from extauthz.policy import CompiledPolicies, PolicyResult, compile_policies, ev
 from extauthz.policy.engine import decide
 from extauthz.policy.index import path_key, path_need
 from extauthz.policy.matchers import Ctx
+from tests.helpers import policy_documents
 
 PROPERTY = settings(
     max_examples=400,
@@ -135,19 +136,7 @@ subject = st.builds(
 
 
 def tenant(policies: list[dict[str, Any]], trust_domains: tuple[str, ...]) -> CompiledPolicies:
-    docs = []
-    for i, p in enumerate(policies):
-        meta: dict[str, Any] = {"name": f"p{i:02d}", "namespace": "t"}
-        if p["dry"]:
-            meta["annotations"] = {"istio.io/dry-run": "true"}
-        body = {
-            "apiVersion": "security.istio.io/v1",
-            "kind": "AuthorizationPolicy",
-            "metadata": meta,
-            "spec": {"action": p["action"], "rules": p["rules"]},
-        }
-        docs += load_documents(yaml.safe_dump(body), f"p{i}.yaml")
-    return compile_policies(docs, trust_domains=trust_domains)
+    return compile_policies(policy_documents(policies), trust_domains=trust_domains)
 
 
 def linear(compiled: CompiledPolicies, s: Subject) -> PolicyResult:

@@ -18,6 +18,7 @@ from extauthz.model import Subject
 from extauthz.policy import CompiledPolicies, compile_policies, evaluate, explain
 from extauthz.policy.matchers import Ctx, IPSet, StringSet, parse_cidr
 from extauthz.policy.paths import template_regex
+from tests.helpers import policy_documents
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ALPHABET = "abAB/.-*x"
@@ -162,21 +163,7 @@ subject = st.builds(
 
 
 def tenant(policies: list[dict[str, Any]], *, skip_dry: bool = False) -> CompiledPolicies:
-    docs = []
-    for i, p in enumerate(policies):
-        if skip_dry and p.get("dry"):
-            continue
-        meta: dict[str, Any] = {"name": f"p{i}", "namespace": "t"}
-        if p.get("dry"):
-            meta["annotations"] = {"istio.io/dry-run": "true"}
-        body = {
-            "apiVersion": "security.istio.io/v1",
-            "kind": "AuthorizationPolicy",
-            "metadata": meta,
-            "spec": {"action": p["action"], "rules": p["rules"]},
-        }
-        docs += load_documents(yaml.safe_dump(body), f"p{i}.yaml")
-    return compile_policies(docs)
+    return compile_policies(policy_documents(policies, skip_dry=skip_dry))
 
 
 @FAST
