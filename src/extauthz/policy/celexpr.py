@@ -131,21 +131,18 @@ class CelProgram:
     fast: FastProgram | None = field(default=None, repr=False, compare=False)
 
     def __call__(self, variables: Mapping[str, Any]) -> bool | None:
-        return _run(self.expression, variables)
+        return _run(self.expression, data=variables)
 
     def run(self, shared: Any) -> bool | None:
         """As ``__call__``, on an activation built once for the request (``CelEnv.shared``)."""
-        try:
-            value = self.expression.eval(activation=shared)
-        except Exception:
-            return None
-        result = value.value()
-        return result if type(result) is bool else None
+        return _run(self.expression, activation=shared)
 
 
-def _run(expression: Any, variables: Mapping[str, Any]) -> bool | None:
+def _run(expression: Any, **inputs: Any) -> bool | None:
+    """``expression`` evaluated by the runtime on ``data=`` variables or an ``activation=``:
+    True, False, or None for an evaluation error."""
     try:
-        value = expression.eval(data=variables)
+        value = expression.eval(**inputs)
     except Exception:  # the runtime raises for values it cannot convert
         return None
     result = value.value()
@@ -225,7 +222,7 @@ class CelEnv:
             variables = activation(ctx, self, names)
         except Exception:  # e.g. claims nested too deep (RecursionError)
             return None
-        return _run(expression, variables)
+        return _run(expression, data=variables)
 
     def _scope(self) -> Scope:
         """The variables as the fast path reads them (``data`` is not in its subset)."""
