@@ -50,7 +50,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workload
-from benchlib import BENCH, CHECK_PATH, GrpcServer, bare_argv, extauthz_argv, free_port, h2load
+from benchlib import (
+    BENCH,
+    CHECK_PATH,
+    GrpcServer,
+    bare_argv,
+    extauthz_argv,
+    free_port,
+    h2load,
+    response_encoder,
+    wire_of,
+)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 Argv = Callable[[str], Sequence[str]]
@@ -325,8 +335,7 @@ def served_bench() -> Bench:
     parse = external_auth_pb2.CheckRequest.FromString
 
     def served() -> bytes:
-        reply: external_auth_pb2.CheckResponse = drive(servicer.Check(parse(wire), context))
-        return reply.SerializeToString()
+        return wire_of(drive(servicer.Check(parse(wire), context)))
 
     for _ in range(2000):  # warm: JWT cache, code paths
         served()
@@ -346,6 +355,7 @@ def inprocess_part(args: argparse.Namespace) -> str:
     pipeline = servicer._pipeline  # the servicer's own, as built by app.build
     observer = servicer._observer
     parse = external_auth_pb2.CheckRequest.FromString
+    respond = response_encoder()
     view = decode(request)
     outcome = pipeline(registry.snapshot, view)
     response = build_response(outcome, view.request_id)
@@ -379,7 +389,7 @@ def inprocess_part(args: argparse.Namespace) -> str:
         ("parse (CheckRequest.FromString)", lambda: parse(wire)),
         ("decode", lambda: decode(request)),
         ("pipeline", lambda: pipeline(registry.snapshot, view)),
-        ("build_response (with dynamic_metadata)", lambda: build_response(outcome, "id")),
+        ("response as sent (with dynamic_metadata)", lambda: respond(outcome, "id")),
         ("metadata_of (the dict)", lambda: metadata_of(outcome, "id")),
         ("Struct from that dict (as response.py sets it)", struct_build),
         ("serialize response", response.SerializeToString),
@@ -452,7 +462,6 @@ def inner_loop(stage: str, n: int) -> None:
     if stage != "served":
         from extauthz.decode import decode
         from extauthz.policy import evaluate
-        from extauthz.response import build_response
 
         request = bench.request
         view = decode(request)
@@ -464,12 +473,13 @@ def inner_loop(stage: str, n: int) -> None:
         if tenant is None or subject is None:
             raise SystemExit("the bench request did not reach the policy engine")
         policies = tenant.policies
+        respond = response_encoder()
         fn = {
             "observer": lambda: observer(outcome, view, "id", 1e-4),
             "evaluate": lambda: evaluate(policies, subject),
             "decode": lambda: decode(request),
             "pipeline": lambda: pipeline(snapshot, view),
-            "response": lambda: build_response(outcome, "id"),
+            "response": lambda: respond(outcome, "id"),
         }[stage]
 
     itertools.pairwise(())  # callgrind dumps and zeroes here...

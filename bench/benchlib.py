@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -30,6 +30,27 @@ REPO: Final = BENCH.parent
 RESULTS: Final = BENCH / "results"
 CHECK_PATH: Final = "/envoy.service.auth.v3.Authorization/Check"
 LOOPBACK: Final = "127.0.0.1"
+
+
+def wire_of(reply: object) -> bytes:
+    """A servicer's reply as grpc sends it: the bytes ``Check`` returns, or (a reference
+    ``src/`` from before the servicer returned bytes) the CheckResponse serialized."""
+    if isinstance(reply, bytes):
+        return reply
+    data: bytes = reply.SerializeToString()  # type: ignore[attr-defined]
+    return data
+
+
+def response_encoder() -> Callable[[Any, str], bytes]:
+    """The response as the servicer sends it, for an outcome and a decision id:
+    ``encode_response``, or in a reference ``src/`` without it, the message serialized."""
+    from extauthz import response
+
+    encode = getattr(response, "encode_response", None)
+    if encode is not None:
+        return encode  # type: ignore[no-any-return]
+    build = response.build_response
+    return lambda outcome, decision_id: build(outcome, decision_id).SerializeToString()
 
 
 def free_port() -> int:

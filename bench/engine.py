@@ -12,7 +12,7 @@ the median, p99 and mean in microseconds. Stages:
 - ``authenticate``: the tenant's Authenticator with the token already verified (cache hit);
 - ``pipeline``: ``CheckPipeline.__call__`` (identity, tenant, authn with a cached token,
   Subject, engine, Outcome); target: a median of at most 30 us;
-- ``decode`` and ``build_response``: CheckRequest -> RequestView, Outcome -> CheckResponse;
+- ``decode`` and ``response``: CheckRequest -> RequestView, Outcome -> the CheckResponse as sent;
 - ``decode+pipeline+response``: the three, on protobuf objects;
 - ``servicer.Check (wire)``: what the server runs per call besides grpc itself: parse the
   serialized CheckRequest, ``AuthorizationServicer.Check`` (driven without an event loop, it
@@ -50,6 +50,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workload
+from benchlib import response_encoder, wire_of
 
 from extauthz.authn import JwksCache
 from extauthz.catalog import compile_documents
@@ -59,7 +60,6 @@ from extauthz.logs import configure_logging
 from extauthz.pipeline import CheckPipeline
 from extauthz.policy import evaluate
 from extauthz.registry import Registry, Snapshot
-from extauthz.response import build_response
 from extauthz.servicer import AuthorizationServicer
 from extauthz.settings import Settings
 from extauthz.sources import TenantSource
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     context: Any = _Context()  # stands in for grpc.aio.ServicerContext
     parse = external_auth_pb2.CheckRequest.FromString
     reply = external_auth_pb2.CheckResponse.FromString(
-        drive(servicer.Check(parse(wire), context)).SerializeToString()
+        wire_of(drive(servicer.Check(parse(wire), context)))
     )
     if reply.status.code != 0 or not reply.HasField("ok_response"):
         raise SystemExit(f"servicer did not allow the bench request: {reply}")
@@ -195,11 +195,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def served_check(mode: str) -> Callable[[], object]:
         check = served[mode].Check
-        return lambda: drive(check(parse(wire), context)).SerializeToString()
+        return lambda: wire_of(drive(check(parse(wire), context)))
+
+    respond = response_encoder()
 
     def full() -> object:
         v = decode(request)
-        return build_response(pipeline(snapshot, v), v.request_id)
+        return respond(pipeline(snapshot, v), v.request_id)
 
     stages: list[tuple[str, Callable[[], object]]] = [
         ("timer", lambda: None),
@@ -207,11 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         ("authenticate (cached JWT)", lambda: authenticator.authenticate(view)),
         ("pipeline", lambda: pipeline(snapshot, view)),
         ("decode", lambda: decode(request)),
-        ("build_response", lambda: build_response(outcome, view.request_id)),
+        ("response", lambda: respond(outcome, view.request_id)),
         ("decode+pipeline+response", full),
         (
             "servicer.Check (wire)",
-            lambda: drive(servicer.Check(parse(wire), context)).SerializeToString(),
+            lambda: wire_of(drive(servicer.Check(parse(wire), context))),
         ),
         ("served Check, decision log all", served_check("all")),
         ("served Check, decision log none", served_check("none")),

@@ -42,6 +42,7 @@ from benchlib import (  # noqa: E402
     h2load,
     median,
     require,
+    response_encoder,
     table,
     write_result,
 )
@@ -88,10 +89,10 @@ async def store(url: str, text: str) -> None:
 def in_process(iterations: int = 20000) -> dict[str, float]:
     """Median microseconds of the pipeline, and of decode + pipeline + response + serialize."""
     from extauthz.decode import decode
-    from extauthz.response import build_response
 
     request = workload.check_request()
     view = decode(request)
+    respond = response_encoder()
     out: dict[str, float] = {}
     for name, limited in (("plain", False), ("limited", True)):
         docs = load_documents(bench_text(limited), "bench")
@@ -105,7 +106,7 @@ def in_process(iterations: int = 20000) -> dict[str, float]:
 
         def wire(pipeline: CheckPipeline = pipeline, snapshot: Snapshot = snapshot) -> bytes:
             v = decode(request)
-            return build_response(pipeline(snapshot, v), v.request_id).SerializeToString()
+            return respond(pipeline(snapshot, v), v.request_id)
 
         def alone(pipeline: CheckPipeline = pipeline, snapshot: Snapshot = snapshot) -> object:
             return pipeline(snapshot, view)

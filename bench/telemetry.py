@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workload
-from benchlib import CHECK_PATH, GrpcServer, extauthz_argv, h2load, require
+from benchlib import CHECK_PATH, GrpcServer, extauthz_argv, h2load, require, response_encoder
 
 from extauthz.app import make_observer
 from extauthz.authn import JwksCache
@@ -39,7 +39,6 @@ from extauthz.decisionlog import DecisionLog
 from extauthz.decode import decode
 from extauthz.pipeline import CheckPipeline
 from extauthz.registry import Registry
-from extauthz.response import build_response
 from extauthz.servicer import Observer
 from extauthz.store.files import read_directory, sources_of
 from extauthz.telemetry import Telemetry
@@ -90,11 +89,13 @@ def check_step(observer: Observer) -> Step:
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     )
 
+    respond = response_encoder()
+
     def step() -> None:
         start = time.perf_counter()
         view = decode(request)
         outcome = pipeline(registry.snapshot, view)
-        build_response(outcome, view.request_id)
+        respond(outcome, view.request_id)
         observer(outcome, view, view.request_id, time.perf_counter() - start)
 
     return step

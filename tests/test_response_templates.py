@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from envoy.service.auth.v3 import external_auth_pb2
 
 from extauthz import response
 from extauthz.errors import Reason
@@ -69,6 +70,26 @@ def test_copied_response_serializes_like_a_fresh_one(outcome: Outcome) -> None:
         assert built.dynamic_metadata.fields["decision_id"].string_value == decision_id
 
 
+@pytest.mark.parametrize(
+    "decision_id",
+    ["", "a", "x" * 104, "x" * 105, "x" * 128, "y" * 300, "z" * 20_000, "\u00e9\u4e2d" * 50],
+)
+def test_decision_id_of_every_length_is_merged_into_the_kept_bytes(decision_id: str) -> None:
+    """The appended decision_id (its lengths are varints of one, two and three bytes across
+    these) parses into the one dynamic_metadata, next to the kept fields."""
+    for outcome in OUTCOMES[:2]:
+        data = response.encode_response(outcome, decision_id)
+        parsed = external_auth_pb2.CheckResponse.FromString(data)
+        assert parsed.SerializeToString(deterministic=True) == fresh(outcome, decision_id)
+        assert parsed.dynamic_metadata.fields["decision_id"].string_value == decision_id
+
+
+def test_decision_id_with_a_lone_surrogate_is_refused() -> None:
+    """No bytes for an id protobuf could not carry (the servicer turns this into a deny)."""
+    with pytest.raises(UnicodeEncodeError):
+        response.encode_response(OUTCOMES[0], "\ud800")
+
+
 def test_detail_and_cache_hit_do_not_change_the_response() -> None:
     """Outcomes differing only in detail or jwt_cache_hit get the same response."""
     base = OUTCOMES[2]
@@ -102,11 +123,11 @@ def test_kept_responses_are_bounded_in_entries_and_bytes() -> None:
     templates = response._Templates(entries=3, max_bytes=2000, max_entry_bytes=900)
     for n in range(10):
         outcome = OUTCOMES[0]._replace(request_principal=f"https://issuer/user{n}")
-        templates.put(tuple(outcome), response._build(outcome))
+        templates.put(tuple(outcome), response._template(outcome))
     assert len(templates) <= 3
     assert 0 < templates.total_bytes <= 2000
     big = OUTCOMES[0]._replace(headers_to_add=(("x-claims", "x" * 1000),))
-    templates.put(tuple(big), response._build(big))
+    templates.put(tuple(big), response._template(big))
     assert templates.get(tuple(big)) is None
 
 

@@ -22,7 +22,7 @@ from extauthz.model import RequestView
 from extauthz.outcome import Outcome
 from extauthz.pipeline import CheckPipeline
 from extauthz.registry import Registry, Snapshot
-from extauthz.servicer import AuthorizationServicer
+from extauthz.servicer import AuthorizationServicer, add_to_server
 from extauthz.sources import TenantSource
 from tests.helpers import Issuer, check_request, policy_yaml, tenant_yaml
 
@@ -70,7 +70,7 @@ async def _serve(
 ) -> AsyncIterator[Served]:
     servicer = AuthorizationServicer(registry, pipeline, recorder)  # type: ignore[arg-type]
     server = grpc.aio.server()
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -8,6 +8,12 @@ Every response carries ``dynamic_metadata`` for Envoy's access logs.
 A header for the upstream whose name is not an HTTP token, or whose value holds a control
 character (HTAB allowed) or a lone surrogate (a JSON ``"\\ud800"`` claim), raises
 ``InvalidHeader``: the servicer turns that, like any failure here, into a logged deny.
+
+The servicer sends ``encode_response``'s bytes as they are (its handler has no serializer):
+the response for an outcome is serialized once and kept, and each Check appends only its
+``decision_id``, as a second ``dynamic_metadata`` field that the receiving parser merges into
+the first (protobuf's rule for a message field that occurs twice, on every conforming parser:
+Envoy's reads one response with every field of the kept one and ``decision_id``).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from google.rpc import code_pb2
 
 from extauthz.outcome import Outcome
 
-__all__ = ["InvalidHeader", "build_response", "metadata_of"]
+__all__ = ["DENY_FALLBACK", "InvalidHeader", "build_response", "encode_response", "metadata_of"]
 
 _OVERWRITE: Final = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _BODY: Final = {401: "unauthorized\n", 403: "access denied\n", 429: "too many requests\n"}
@@ -71,25 +77,90 @@ def metadata_of(outcome: Outcome, decision_id: str) -> dict[str, object]:
     return meta
 
 
-def build_response(outcome: Outcome, decision_id: str = "") -> external_auth_pb2.CheckResponse:
-    """The response for ``outcome``: a copy of the one built for its key, ``decision_id`` set.
+def encode_response(outcome: Outcome, decision_id: str) -> bytes:
+    """The serialized response for ``outcome``: the bytes kept for its key, then its
+    ``decision_id`` (and RateLimit headers) as fields merged into them.
 
     Everything but ``decision_id`` is a function of the outcome without ``detail`` and
     ``jwt_cache_hit`` (which the response never carries), so the response built for that key
-    is kept (``_Templates``) and copied; the copy serializes to the same bytes as a response
-    built afresh (``decision_id`` keeps its place: the template holds it, empty).
+    is serialized once (``_Templates``); the bytes returned parse to the response
+    ``_build(outcome, decision_id)`` makes (tests/test_response_templates.py).
     """
     key = outcome[:_DETAIL] + outcome[_DETAIL + 1 : _CACHE_HIT] + outcome[_CACHE_HIT + 1 : _CLIENT]
     template = _templates.get(key)
     if template is None:
-        template = _build(outcome._replace(client_headers=()))
+        template = _template(outcome._replace(client_headers=()))
         _templates.put(key, template)
-    response = external_auth_pb2.CheckResponse()
-    response.CopyFrom(template)
-    response.dynamic_metadata.fields["decision_id"].string_value = decision_id
     if outcome.client_headers:  # RateLimit headers: their counts change with every Check
-        _add_client_headers(response, outcome)
-    return response
+        extra = external_auth_pb2.CheckResponse()
+        _add_client_headers(extra, outcome)
+        headers: bytes = extra.SerializeToString()
+        return template + headers + _decision_id_field(decision_id)
+    return template + _decision_id_field(decision_id)
+
+
+def build_response(outcome: Outcome, decision_id: str = "") -> external_auth_pb2.CheckResponse:
+    """``encode_response`` as a message (for callers that read the response)."""
+    return external_auth_pb2.CheckResponse.FromString(encode_response(outcome, decision_id))
+
+
+def _template(outcome: Outcome) -> bytes:
+    """The response for ``outcome`` without ``decision_id``, serialized (map keys sorted)."""
+    response = _build(outcome)
+    del response.dynamic_metadata.fields["decision_id"]
+    data: bytes = response.SerializeToString(deterministic=True)
+    return data
+
+
+# CheckResponse.dynamic_metadata (4) > Struct.fields (1) > map entry {key (1): "decision_id",
+# value (2)} > Value.string_value (3): the tags, written out (tag = field << 3 | 2, a length
+# follows), and the lengths as base-128 varints.
+_METADATA_TAG: Final = b"\x22"
+_FIELDS_TAG: Final = b"\x0a"
+_DECISION_ID_ENTRY: Final = b"\x0a\x0bdecision_id\x12"
+_STRING_VALUE_TAG: Final = b"\x1a"
+_SHORT_LENGTHS: Final = tuple(bytes([n]) for n in range(0x80))
+
+
+def _length(n: int) -> bytes:
+    """``n`` as a protobuf varint."""
+    if n < 0x80:
+        return _SHORT_LENGTHS[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _decision_id_field(decision_id: str) -> bytes:
+    """``dynamic_metadata {fields {key: "decision_id" value {string_value: decision_id}}}``."""
+    text = decision_id.encode("utf-8")  # a lone surrogate raises: the servicer denies
+    n = len(text)
+    return (_PREFIXES[n] if n < len(_PREFIXES) else _prefix(n)) + text
+
+
+def _prefix(n: int) -> bytes:
+    """What comes before an id of ``n`` bytes: each tag, and the length of what follows it."""
+    value = len(_STRING_VALUE_TAG) + len(_length(n)) + n
+    entry = len(_DECISION_ID_ENTRY) + len(_length(value)) + value
+    struct = len(_FIELDS_TAG) + len(_length(entry)) + entry
+    return b"".join(
+        (
+            _METADATA_TAG,
+            _length(struct),
+            _FIELDS_TAG,
+            _length(entry),
+            _DECISION_ID_ENTRY,
+            _length(value),
+            _STRING_VALUE_TAG,
+            _length(n),
+        )
+    )
+
+
+_PREFIXES: Final = tuple(_prefix(n) for n in range(256))  # ids are mostly 16-64 bytes
 
 
 def _build(outcome: Outcome, decision_id: str = "") -> external_auth_pb2.CheckResponse:
@@ -120,8 +191,8 @@ def _add_client_headers(response: external_auth_pb2.CheckResponse, outcome: Outc
 
 
 class _Templates:
-    """The responses built, by outcome key: at most ``entries`` of them and ``max_bytes`` of
-    serialized responses; when full, the oldest entries go first. A response larger than
+    """The responses built, serialized, by outcome key: at most ``entries`` of them and
+    ``max_bytes`` in all; when full, the oldest entries go first. A response larger than
     ``max_entry_bytes`` (a large claim forwarded in a header) is built each time instead.
 
     A plain dict, one C operation per step: safe to share between threads, where a race can
@@ -131,18 +202,17 @@ class _Templates:
     __slots__ = ("_bytes", "_entries", "_max_bytes", "_max_entries", "_max_entry_bytes")
 
     def __init__(self, entries: int, max_bytes: int, max_entry_bytes: int) -> None:
-        self._entries: dict[tuple[object, ...], tuple[external_auth_pb2.CheckResponse, int]] = {}
+        self._entries: dict[tuple[object, ...], bytes] = {}
         self._max_entries = entries
         self._max_bytes = max_bytes
         self._max_entry_bytes = max_entry_bytes
         self._bytes = 0
 
-    def get(self, key: tuple[object, ...]) -> external_auth_pb2.CheckResponse | None:
-        entry = self._entries.get(key)
-        return None if entry is None else entry[0]
+    def get(self, key: tuple[object, ...]) -> bytes | None:
+        return self._entries.get(key)
 
-    def put(self, key: tuple[object, ...], response: external_auth_pb2.CheckResponse) -> None:
-        size = response.ByteSize()
+    def put(self, key: tuple[object, ...], response: bytes) -> None:
+        size = len(response)
         if size > self._max_entry_bytes:
             return
         entries = self._entries
@@ -151,8 +221,8 @@ class _Templates:
         ):
             evicted = entries.pop(next(iter(entries)), None)
             if evicted is not None:
-                self._bytes -= evicted[1]
-        if entries.setdefault(key, (response, size))[0] is response:
+                self._bytes -= len(evicted)
+        if entries.setdefault(key, response) is response:
             self._bytes += size
 
     def __len__(self) -> int:
@@ -225,3 +295,10 @@ def _denied(status: int) -> external_auth_pb2.CheckResponse:
 
 # Merged into every deny (MergeFrom copies; the templates are never handed out).
 _DENIED: Final = {status: _denied(status) for status in _BODY}
+
+# The deny sent when even a deny could not be built: 403, nothing else.
+_fallback = external_auth_pb2.CheckResponse()
+_fallback.status.code = code_pb2.PERMISSION_DENIED
+_fallback.denied_response.status.code = http_status_pb2.StatusCode.Forbidden
+DENY_FALLBACK: Final[bytes] = _fallback.SerializeToString()
+del _fallback

@@ -18,7 +18,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import grpc
 import structlog
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -26,6 +26,7 @@ from extauthz import compiled
 from extauthz.app import Components, build
 from extauthz.health import Health
 from extauthz.registry import Registry
+from extauthz.servicer import add_to_server
 from extauthz.settings import Settings
 from extauthz.store.ratelimit_sync import RateLimitSync
 
@@ -73,7 +74,7 @@ class Server:
         c.registry.subscribe(self._on_registry_change)
         await self.health.update(c.registry)
         server = grpc.aio.server(options=grpc_options(c.settings.reuse_port))
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(c.servicer, server)
+        add_to_server(c.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(
             (

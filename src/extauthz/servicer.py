@@ -5,6 +5,9 @@ step of the event loop from memory only. Anything unexpected, a request that can
 decoded, a server that has no policies yet, a deadline already spent, or a response that
 can't be built (a header Envoy would refuse) ends in a deny, which is observed (logged and
 counted) like any other decision. A failing observer changes nothing of the response.
+
+``Check`` returns the serialized response (``response.encode_response``): ``add_to_server``
+registers it without a serializer.
 """
 
 from __future__ import annotations
@@ -12,12 +15,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import grpc
 import structlog
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from google.rpc import code_pb2
+from envoy.service.auth.v3 import external_auth_pb2
 
 from extauthz.decode import MalformedRequest, decode
 from extauthz.errors import Reason
@@ -25,9 +27,11 @@ from extauthz.model import RequestView
 from extauthz.outcome import Outcome, deny
 from extauthz.pipeline import CheckPipeline
 from extauthz.registry import Registry
-from extauthz.response import build_response
+from extauthz.response import DENY_FALLBACK, encode_response
 
-__all__ = ["AuthorizationServicer", "Observer"]
+__all__ = ["SERVICE", "AuthorizationServicer", "Observer", "add_to_server"]
+
+SERVICE: Final = "envoy.service.auth.v3.Authorization"
 
 log = structlog.get_logger("extauthz.check")
 
@@ -41,7 +45,7 @@ def _no_observer(
     return None
 
 
-class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+class AuthorizationServicer:
     def __init__(
         self, registry: Registry, pipeline: CheckPipeline, observer: Observer = _no_observer
     ) -> None:
@@ -54,7 +58,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> external_auth_pb2.CheckResponse:
+    ) -> bytes:
         start = time.perf_counter()
         self.last_check = time.monotonic()
         self.checks += 1
@@ -69,7 +73,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             outcome = deny(Reason.DEADLINE, "deadline exceeded", tenant=outcome.tenant)
         decision_id = (view.request_id if view is not None else "") or os.urandom(8).hex()
         try:
-            response = build_response(outcome, decision_id)
+            response = encode_response(outcome, decision_id)
         except Exception as exc:
             self.internal_errors += 1
             log.error("response could not be built; denying", error=repr(exc)[:200])
@@ -96,12 +100,23 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         return self._pipeline(registry.snapshot, view), view
 
 
-def _internal_response(outcome: Outcome, decision_id: str) -> external_auth_pb2.CheckResponse:
+def _internal_response(outcome: Outcome, decision_id: str) -> bytes:
     """The deny for a response that could not be built; a bare 403 if even that fails."""
     try:
-        return build_response(outcome, decision_id)
+        return encode_response(outcome, decision_id)
     except Exception:
-        response = external_auth_pb2.CheckResponse()
-        response.status.code = code_pb2.PERMISSION_DENIED
-        response.denied_response.status.code = 403
-        return response
+        return DENY_FALLBACK
+
+
+def add_to_server(servicer: AuthorizationServicer, server: grpc.aio.Server) -> None:
+    """Serve ``servicer`` as ``Authorization/Check``: requests parsed as CheckRequest, the
+    bytes it returns sent as they are."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            servicer.Check,
+            request_deserializer=external_auth_pb2.CheckRequest.FromString,
+            response_serializer=None,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
