@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from extauthz.answer import Observer, Observers
 from extauthz.authn import JwksCache
 from extauthz.decisionlog import DecisionLog
-from extauthz.model import RequestView
-from extauthz.outcome import Outcome
 from extauthz.pipeline import CheckPipeline
 from extauthz.ratelimit import Limiter
 from extauthz.registry import Registry
-from extauthz.servicer import AuthorizationServicer, Observer
+from extauthz.servicer import AuthorizationServicer
 from extauthz.settings import Settings
 from extauthz.store.base import Store
 from extauthz.store.files import FileStore
@@ -45,15 +44,7 @@ def make_store(settings: Settings) -> Store:
 
 
 def make_observer(telemetry: Telemetry, decisions: DecisionLog) -> Observer:
-    observe, record = telemetry.observe, decisions.record
-
-    def observer(
-        outcome: Outcome, view: RequestView | None, decision_id: str, seconds: float
-    ) -> None:
-        observe(outcome, view, decision_id, seconds)
-        record(outcome, view, decision_id, seconds)
-
-    return observer
+    return Observers(telemetry.observer, decisions.record)
 
 
 def build(

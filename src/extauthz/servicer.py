@@ -1,111 +1,59 @@
 """The grpc.aio servicer for ``envoy.service.auth.v3.Authorization/Check``.
 
-Decode, run the pipeline, map the outcome: nothing here awaits, so a Check is decided in one
-step of the event loop from memory only. Anything unexpected, a request that can't be
-decoded, a server that has no policies yet, a deadline already spent, or a response that
-can't be built (a header Envoy would refuse) ends in a deny, which is observed (logged and
-counted) like any other decision. A failing observer changes nothing of the response.
-
-``Check`` returns the serialized response (``response.encode_response``): ``add_to_server``
-registers it without a serializer.
+Its coroutine hands the request to ``answer.Answer`` (decode, pipeline, response, observers:
+one synchronous call, compiled in the compiled build) and returns the serialized response it
+gets, so ``add_to_server`` registers ``Check`` without a serializer.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable
 from typing import Any, Final
 
 import grpc
-import structlog
 from envoy.service.auth.v3 import external_auth_pb2
 
-from extauthz.decode import MalformedRequest, decode
-from extauthz.errors import Reason
+from extauthz.answer import Answer, Observer, no_observer
 from extauthz.model import RequestView
-from extauthz.outcome import Outcome, deny
+from extauthz.outcome import Outcome
 from extauthz.pipeline import CheckPipeline
 from extauthz.registry import Registry
-from extauthz.response import DENY_FALLBACK, encode_response
 
 __all__ = ["SERVICE", "AuthorizationServicer", "Observer", "add_to_server"]
 
 SERVICE: Final = "envoy.service.auth.v3.Authorization"
 
-log = structlog.get_logger("extauthz.check")
-
-Observer = Callable[[Outcome, RequestView | None, str, float], None]
-"""Called after every Check with (outcome, view or None, decision id, seconds)."""
-
-
-def _no_observer(
-    outcome: Outcome, view: RequestView | None, decision_id: str, seconds: float
-) -> None:
-    return None
-
 
 class AuthorizationServicer:
     def __init__(
-        self, registry: Registry, pipeline: CheckPipeline, observer: Observer = _no_observer
+        self, registry: Registry, pipeline: CheckPipeline, observer: Observer = no_observer
     ) -> None:
-        self._registry = registry
+        self.answer = Answer(registry, pipeline, observer)
         self._pipeline = pipeline
         self._observer = observer
-        self.internal_errors = 0
-        self.checks = 0  # Checks answered
-        self.last_check = 0.0  # time.monotonic() of the latest Check to arrive
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
-        start = time.perf_counter()
-        self.last_check = time.monotonic()
-        self.checks += 1
-        try:
-            outcome, view = self._decide(request)
-        except Exception:
-            self.internal_errors += 1
-            log.exception("internal error during Check; denying")
-            outcome, view = deny(Reason.INTERNAL, "internal error"), None
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            outcome = deny(Reason.DEADLINE, "deadline exceeded", tenant=outcome.tenant)
-        decision_id = (view.request_id if view is not None else "") or os.urandom(8).hex()
-        try:
-            response = encode_response(outcome, decision_id)
-        except Exception as exc:
-            self.internal_errors += 1
-            log.error("response could not be built; denying", error=repr(exc)[:200])
-            detail = f"response: {type(exc).__name__}"
-            outcome = deny(Reason.INTERNAL, detail, tenant=outcome.tenant)
-            response = _internal_response(outcome, decision_id)
-        try:
-            self._observer(outcome, view, decision_id, time.perf_counter() - start)
-        except Exception:
-            # The decision stands: a failing log or metric must neither flip nor drop it.
-            log.exception("observer failed", decision_id=decision_id)
-        return response
+        return self.answer(request, context)
+
+    @property
+    def internal_errors(self) -> int:
+        return self.answer.internal_errors
+
+    @property
+    def checks(self) -> int:
+        """Checks answered."""
+        return self.answer.checks
+
+    @property
+    def last_check(self) -> float:
+        """time.monotonic() of the latest Check to arrive."""
+        return self.answer.last_check
 
     def _decide(
         self, request: external_auth_pb2.CheckRequest
     ) -> tuple[Outcome, RequestView | None]:
-        registry = self._registry
-        if not registry.ready:
-            return deny(Reason.NOT_READY, "no policies loaded yet"), None
-        try:
-            view = decode(request)
-        except MalformedRequest as exc:
-            return deny(Reason.MALFORMED_REQUEST, str(exc)), None
-        return self._pipeline(registry.snapshot, view), view
-
-
-def _internal_response(outcome: Outcome, decision_id: str) -> bytes:
-    """The deny for a response that could not be built; a bare 403 if even that fails."""
-    try:
-        return encode_response(outcome, decision_id)
-    except Exception:
-        return DENY_FALLBACK
+        return self.answer.decide(request)
 
 
 def add_to_server(servicer: AuthorizationServicer, server: grpc.aio.Server) -> None:
