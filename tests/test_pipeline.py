@@ -5,16 +5,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from extauthz.authn import JwksCache
+from extauthz.catalog import DeferredSource
 from extauthz.decode import decode
 from extauthz.documents import load_documents
 from extauthz.errors import Reason
 from extauthz.identity import TrustedProxies
 from extauthz.loader import compile_all
+from extauthz.model import RequestView
 from extauthz.options import CheckOptions
 from extauthz.outcome import Outcome
 from extauthz.pathnorm import PathNormalization
 from extauthz.pipeline import HEADER_PRINCIPAL, HEADER_TENANT, CheckPipeline
-from extauthz.registry import Snapshot
+from extauthz.pipeline import route as pipeline_route
+from extauthz.registry import Registry, Snapshot
+from extauthz.sources import TenantSource
+from extauthz.tenancy import TenantMatch, TenantSpec
 from tests.helpers import Issuer, check_request, policy_yaml, tenant_yaml
 
 PEER = "spiffe://cluster.local/ns/shop/sa/frontend"
@@ -132,3 +137,59 @@ def test_xfcc_only_from_a_trusted_proxy() -> None:
     trusted = CheckOptions(trusted_proxies=TrustedProxies((PROXY,), ()))
     outcome = decide(SHOP, trusted, host="shop.test", path="/open/x", principal=PROXY, headers=xfcc)
     assert outcome.principal == PEER
+
+
+def _routing_registry() -> Registry:
+    """Every kind of routing: a tenant by host, one owning a namespace with a host, one
+    whose first documents failed (unavailable), one deferred, and a catch-all."""
+    good = tenant_yaml("shop", match="{hosts: [shop.test]}") + "---\n"
+    good += policy_yaml("p", "shop", "  rules: [{}]")
+    owned = tenant_yaml("pay", match="{hosts: [pay.test], destinationNamespaces: [pay]}")
+    broken = tenant_yaml("bad", match="{hosts: [bad.test]}") + "---\n"
+    broken += policy_yaml("p", "bad", "  rules:\n  - to:\n    - operation: {pathz: [/a]}")
+    later = tenant_yaml("later", match="{hosts: ['*.later.test'], headers: {x-t: '1'}}")
+    registry = Registry(JwksCache())
+    sources = {
+        name: TenantSource(name, "1", tuple(load_documents(text, f"{name}.yaml")))
+        for name, text in (("shop", good), ("pay", owned), ("all", tenant_yaml("all")))
+    }
+    registry.replace_all(
+        {
+            **sources,
+            "bad": TenantSource("bad", "1", tuple(load_documents(broken, "bad.yaml"))),
+            "later": DeferredSource(
+                "later",
+                "1",
+                TenantSpec("later", TenantMatch(hosts=("*.later.test",), headers=(("x-t", "1"),))),
+                lambda: TenantSource("later", "1", tuple(load_documents(later, "later.yaml"))),
+            ),
+        }
+    )
+    return registry
+
+
+def test_pipeline_routes_as_the_snapshot() -> None:
+    """The pipeline's routing (its shortcut for a served tenant, the snapshot's route for the
+    rest) gives what ``Snapshot.route`` gives, for every kind of tenant and refusal; a
+    deferred tenant is compiled by the first request that reaches it either way."""
+    ours, theirs = _routing_registry(), _routing_registry()
+    hosts = ("shop.test", "SHOP.test:443", "pay.test", "bad.test", "a.later.test", "x.test", "")
+    seen = set()
+    for host in hosts:
+        for dest_ns in (None, "pay", "shop", "other"):
+            for headers in ({}, {"x-t": "1"}, {"x-t": "2"}):
+                view = RequestView(host=host, headers=headers)
+                got = pipeline_route(ours.snapshot, view, dest_ns)
+                want = theirs.snapshot.route(view, dest_ns)
+                assert (got[0] and got[0].name, got[1], got[2]) == (
+                    want.tenant and want.tenant.name,
+                    want.refusal,
+                    want.detail,
+                ), (host, dest_ns, headers)
+                seen.add(got[1])
+    assert seen == {
+        None,
+        Reason.TENANT_UNAVAILABLE,
+        Reason.TENANT_MISMATCH,
+    }, seen
+    assert "later" in ours.snapshot.tenants.compiled  # compiled on its first request

@@ -69,11 +69,10 @@ class Answer:
         self.observer = observer
         self.internal_errors = 0
         self.checks = 0  # Checks answered
-        self.last_check = 0.0  # time.monotonic() of the latest Check to arrive
+        self.last_check = 0.0  # time.perf_counter() when the latest Check arrived
 
     def __call__(self, request: external_auth_pb2.CheckRequest, context: Any) -> bytes:
-        start = time.perf_counter()
-        self.last_check = time.monotonic()
+        start = self.last_check = time.perf_counter()
         self.checks += 1
         try:
             outcome, view = self.decide(request)

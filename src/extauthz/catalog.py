@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from extauthz.authn import Authenticator, JwksCache
@@ -56,10 +56,11 @@ class CompiledTenant:
     custom: CustomContext | None = None  # time zone, data sets, CEL error counter
     unavailable: str = ""
     ratelimits: RateLimits | None = None  # None: no RateLimit documents
+    # spec.name, as a field (read on every Check: no property call)
+    name: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.spec.name)
 
     @property
     def warnings(self) -> tuple[str, ...]:

@@ -36,6 +36,7 @@ __all__ = [
     "HEADER_REQUEST_PRINCIPAL",
     "HEADER_TENANT",
     "CheckPipeline",
+    "route",
 ]
 
 HEADER_TENANT: Final = "x-extauthz-tenant"
@@ -77,7 +78,7 @@ class CheckPipeline:
         except PeerIdentityError as exc:
             return deny(Reason.PEER_INVALID, f"peer identity: {exc}"), None, None
         # tenant: whose rules apply
-        tenant, refusal, detail = snapshot.route(view, _namespace_of(view.destination_principal))
+        tenant, refusal, detail = route(snapshot, view, _namespace_of(view.destination_principal))
         if tenant is None or refusal is not None:
             name = "" if tenant is None else tenant.name
             reason = refusal or Reason.TENANT_UNKNOWN
@@ -202,6 +203,22 @@ class CheckPipeline:
             if len(entries) > self._hops:
                 return _ip(entries[-1 - self._hops].strip())
         return _ip(view.source_address)
+
+
+def route(
+    snapshot: Snapshot, view: RequestView, dest_ns: str | None
+) -> tuple[CompiledTenant | None, Reason | None, str]:
+    """``snapshot.route``: a compiled, available tenant whose routes match is read here, in
+    the compiled build without a call into the registry; anything else (no tenant, deferred,
+    unavailable, host or headers not matching the namespace's owner) is routed again by
+    ``Snapshot.route`` (tests/test_pipeline.py holds the two equal)."""
+    spec, matched = snapshot.router.route(view.host, dest_ns, view.headers)
+    if spec is not None and matched:
+        tenant = snapshot.tenants.compiled.get(spec.name)
+        if tenant is not None and not tenant.unavailable:
+            return tenant, None, ""
+    routing = snapshot.route(view, dest_ns)
+    return routing.tenant, routing.refusal, routing.detail
 
 
 def _removals(added: list[tuple[str, str]], token_headers: tuple[str, ...]) -> tuple[str, ...]:

@@ -130,16 +130,16 @@ class Server:
         """Answer Checks until DRAIN_QUIET passes without one (at most ``grace`` seconds);
         returns the grace left."""
         servicer = self.components.servicer
-        start, answered = time.monotonic(), servicer.checks
+        start, answered = time.perf_counter(), servicer.checks  # the clock of last_check
         deadline = start + grace
         while True:
-            now = time.monotonic()
+            now = time.perf_counter()
             quiet_until = max(servicer.last_check, start) + DRAIN_QUIET
             if now >= deadline or now >= quiet_until:
                 break
             await asyncio.sleep(min(quiet_until, deadline) - now)
         log.info("drained", checks_answered=servicer.checks - answered)
-        return max(0.0, deadline - time.monotonic())
+        return max(0.0, deadline - time.perf_counter())
 
     def _start_metrics(self) -> None:
         c = self.components

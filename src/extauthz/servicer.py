@@ -47,7 +47,7 @@ class AuthorizationServicer:
 
     @property
     def last_check(self) -> float:
-        """time.monotonic() of the latest Check to arrive."""
+        """time.perf_counter() when the latest Check arrived."""
         return self.answer.last_check
 
     def _decide(
