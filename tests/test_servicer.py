@@ -227,3 +227,26 @@ async def test_oversized_token_is_jwt_invalid(served: Served) -> None:
     assert reply.denied_response.status.code == 401
     assert outcome.reason is Reason.JWT_INVALID
     assert outcome.detail == "token too large"
+
+
+@pytest.mark.parametrize(
+    "request_id",
+    [
+        # what a decision_id field, a status and a whole allow look like on the wire
+        '"\x0f\n\r\n\x0bdecision_id\x12\x00\n\x02\x08\x00\x1a\x00',
+        "\x08\x00" * 200,  # longer than one length byte can say
+        "\u00e9" * 70,
+    ],
+)
+async def test_crafted_request_id_stays_one_string(served: Served, request_id: str) -> None:
+    """The request id (sent by the client, the decision id in the response) is written into
+    the response as a length-delimited string: bytes shaped like protobuf fields change no
+    other field, and a deny stays a deny."""
+    for host, allowed in ((HOST, True), ("elsewhere.test", False)):
+        reply = await served.check(check_request(host=host, request_id=request_id))
+        assert (reply.status.code == code_pb2.OK) is allowed
+        fields = reply.dynamic_metadata.fields
+        assert fields["decision_id"].string_value == request_id
+        assert fields["decision"].string_value == ("allow" if allowed else "deny")
+        assert reply.HasField("ok_response") is allowed
+        assert reply.HasField("denied_response") is not allowed
