@@ -82,21 +82,15 @@ class RequestView:
         self.sni: Final = sni
         self.context_extensions: Final = context_extensions
 
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in _REQUEST_FIELDS)
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RequestView):
             return NotImplemented
-        return self._values() == other._values()
+        return _equal(self, other, _REQUEST_FIELDS)
 
     __hash__ = None  # type: ignore[assignment]  # holds dicts, as the named tuple did
 
     def __repr__(self) -> str:
-        fields = ", ".join(
-            f"{n}={v!r}" for n, v in zip(_REQUEST_FIELDS, self._values(), strict=True)
-        )
-        return f"RequestView({fields})"
+        return _describe(self, _REQUEST_FIELDS)
 
 
 _SUBJECT_FIELDS: Final = (
@@ -161,18 +155,21 @@ class Subject:
         self.query: Final = query
         self.destination_principal: Final = destination_principal
 
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in _SUBJECT_FIELDS)
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Subject):
             return NotImplemented
-        return self._values() == other._values()
+        return _equal(self, other, _SUBJECT_FIELDS)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # holds dicts, as the named tuple did
 
     def __repr__(self) -> str:
-        fields = ", ".join(
-            f"{n}={v!r}" for n, v in zip(_SUBJECT_FIELDS, self._values(), strict=True)
-        )
-        return f"Subject({fields})"
+        return _describe(self, _SUBJECT_FIELDS)
+
+
+def _equal(a: object, b: object, names: tuple[str, ...]) -> bool:
+    return all(getattr(a, name) == getattr(b, name) for name in names)
+
+
+def _describe(value: object, names: tuple[str, ...]) -> str:
+    fields = ", ".join(f"{name}={getattr(value, name)!r}" for name in names)
+    return f"{type(value).__name__}({fields})"
