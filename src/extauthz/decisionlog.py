@@ -178,14 +178,6 @@ class DecisionLog:
     def record(
         self, outcome: Outcome, view: RequestView | None, decision_id: str, seconds: float
     ) -> None:
-        # ``wanted``'s first answer, inline: an allow in the default mode is most Checks.
-        if (
-            self.mode is Mode.DENY
-            and outcome.allowed
-            and not outcome.audits
-            and outcome.shadow is None
-        ):
-            return
         if self.wanted(outcome):
             self._log.info("decision", **self.fields(outcome, view, decision_id, seconds))
 

@@ -13,8 +13,6 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2
 
 from extauthz.answer import Answer, Observer, no_observer
-from extauthz.model import RequestView
-from extauthz.outcome import Outcome
 from extauthz.pipeline import CheckPipeline
 from extauthz.registry import Registry
 
@@ -49,11 +47,6 @@ class AuthorizationServicer:
     def last_check(self) -> float:
         """time.perf_counter() when the latest Check arrived."""
         return self.answer.last_check
-
-    def _decide(
-        self, request: external_auth_pb2.CheckRequest
-    ) -> tuple[Outcome, RequestView | None]:
-        return self.answer.decide(request)
 
 
 def add_to_server(servicer: AuthorizationServicer, server: grpc.aio.Server) -> None:

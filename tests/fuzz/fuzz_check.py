@@ -112,7 +112,7 @@ def test_one_input(data: bytes) -> None:
     except MalformedRequest:
         view = None
     for proxies, servicer in SERVICERS:
-        outcome, _ = servicer._decide(req)  # the servicer's own decision path
+        outcome, _ = servicer.answer.decide(req)  # the servicer's own decision path
         build_response(outcome, "fuzz-decision")
         if not outcome.allowed:
             continue
