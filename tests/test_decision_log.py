@@ -19,8 +19,10 @@ FRONTEND = "spiffe://cluster.local/ns/web/sa/frontend"
 
 
 def decisions(server: ServerProcess) -> list[dict[str, Any]]:
+    """The decision lines written so far (a line still being written is left for later)."""
+    text = server.logs()
     lines = []
-    for line in server.logs().splitlines():
+    for line in text[: text.rfind("\n") + 1].splitlines():
         if line.startswith("{"):
             record = json.loads(line)
             if record.get("logger") == "extauthz.decision":
