@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import grpc
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from extauthz.envoyconfig import EnvoyOptions, HostPort, TlsFiles, XfccMode, render
 from tests.helpers import envoy_binary, envoy_ready, free_port, stop_process, wait_for
@@ -121,6 +125,42 @@ class _Echo(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+@contextlib.contextmanager
+def authorizer_in_thread(
+    check: Callable[[Any, Any], Awaitable[Any]],
+    *,
+    deserializer: Callable[[bytes], Any] | None = CheckRequest.FromString,
+    serializer: Callable[[Any], bytes] | None = CheckResponse.SerializeToString,
+) -> Iterator[str]:
+    """A grpc.aio Authorization server on 127.0.0.1, on its own event loop thread, answering
+    with ``check`` (given bytes and giving bytes when the (de)serializers are None)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    handler = grpc.unary_unary_rpc_method_handler(
+        check, request_deserializer=deserializer, response_serializer=serializer
+    )
+    methods = grpc.method_handlers_generic_handler(
+        "envoy.service.auth.v3.Authorization", {"Check": handler}
+    )
+
+    async def start() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((methods,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
 
 
 @contextlib.contextmanager

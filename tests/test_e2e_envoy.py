@@ -15,14 +15,12 @@ import signal
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,6 +32,7 @@ from extauthz.envoyconfig import TlsFiles, XfccMode
 from tests.envoy_support import (
     CHECK_TIMEOUT,
     EnvoyProcess,
+    authorizer_in_thread,
     echo_upstream,
     running_envoy,
     send,
@@ -41,7 +40,6 @@ from tests.envoy_support import (
 from tests.helpers import (
     RedisServer,
     ServerProcess,
-    free_port,
     serving,
     wait_for,
 )
@@ -70,27 +68,9 @@ class _Slow(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
 @contextlib.contextmanager
 def slow_authorizer() -> Iterator[tuple[str, _Slow]]:
     """A grpc.aio Authorization server on its own event loop thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
     servicer = _Slow()
-    port = free_port()
-
-    async def start() -> grpc.aio.Server:
-        server = grpc.aio.server()
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        return server
-
-    server = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    try:
-        yield f"127.0.0.1:{port}", servicer
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
+    with authorizer_in_thread(servicer.Check) as address:
+        yield address, servicer
 
 
 # ---------------------------------------------------------------------------------------------
