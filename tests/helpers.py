@@ -160,6 +160,34 @@ def check_request(
     return req
 
 
+def envoy_request(
+    *,
+    body: str = "",
+    context_extensions: Mapping[str, str] | None = None,
+    **fields: Any,
+) -> external_auth_pb2.CheckRequest:
+    """``check_request`` with what Envoy's ext_authz filter adds (as a real Envoy sends it:
+    tests/test_wire.py captures one): the request time, scheme, protocol, size, an
+    x-request-id header, empty metadata contexts, and the body and context extensions."""
+    request = check_request(**fields)
+    attributes = request.attributes
+    attributes.request.time.seconds = 1795841103
+    attributes.request.time.nanos = 688759000
+    http = attributes.request.http
+    http.scheme = "http"
+    http.protocol = "HTTP/1.1"
+    http.headers["x-request-id"] = "a12d8d63-244a-4bfe-97b9-375e67a1b90e"
+    http.headers[":scheme"] = "http"
+    if body:
+        http.body = body
+        http.size = len(body.encode())
+    for key, value in (context_extensions or {}).items():
+        attributes.context_extensions[key] = value
+    attributes.metadata_context.SetInParent()
+    attributes.route_metadata_context.SetInParent()
+    return request
+
+
 class ServerProcess:
     """``extauthz serve`` in a child process on a free 127.0.0.1 port."""
 

@@ -142,6 +142,7 @@ UNIT_TESTS = (
     "tests/test_policy_fields.py",
     "tests/test_pipeline.py",
     "tests/test_decode.py",
+    "tests/test_wire.py",
     "tests/test_identity.py",
     "tests/test_pathnorm.py",
     "tests/test_tenancy.py",

@@ -17,6 +17,7 @@ __all__ = ["COMPILED", "MODULES", "PURE", "build"]
 # and everything that runs only at load time or in the CLI.
 MODULES: Final = (
     "src/extauthz/model.py",
+    "src/extauthz/wire.py",
     "src/extauthz/decode.py",
     "src/extauthz/pathnorm.py",
     "src/extauthz/identity.py",
