@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import json_format
@@ -204,16 +203,16 @@ def test_header_map_is_decoded_like_headers(example_server: ServerProcess) -> No
     assert meta(response)["reason"] == "policy_denied"
 
 
-def test_undecodable_bytes_fail_the_call_and_server_survives(example_server: ServerProcess) -> None:
-    """Bytes that are no CheckRequest end the call in an error (Envoy: 403), nothing else."""
+def test_undecodable_bytes_are_denied_and_server_survives(example_server: ServerProcess) -> None:
+    """Bytes that are no CheckRequest get a malformed_request deny, and nothing else changes."""
     call = example_server.channel.unary_unary(
         "/envoy.service.auth.v3.Authorization/Check",
         request_serializer=lambda b: b,
-        response_deserializer=lambda b: b,
+        response_deserializer=external_auth_pb2.CheckResponse.FromString,
     )
-    with pytest.raises(grpc.RpcError) as err:
-        call(b"\xff\xff\xff\xff\x0f garbage", timeout=5)
-    assert err.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+    reply = call(b"\xff\xff\xff\xff\x0f garbage", timeout=5)
+    assert reply.denied_response.status.code == 403
+    assert meta(reply)["reason"] == "malformed_request"
     ok = example_server.check(
         check_request(host="orders.acme.example.com", path="/api/orders", principal=FRONTEND)
     )

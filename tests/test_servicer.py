@@ -57,6 +57,7 @@ def registry_with_shop() -> Registry:
 
 @dataclass
 class Served:
+    channel: grpc.aio.Channel
     stub: Any
     recorder: Recorder
     servicer: AuthorizationServicer
@@ -75,7 +76,7 @@ async def _serve(
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Served(external_auth_pb2_grpc.AuthorizationStub(channel), recorder, servicer)
+        yield Served(channel, external_auth_pb2_grpc.AuthorizationStub(channel), recorder, servicer)
     finally:
         await channel.close()
         await server.stop(None)
@@ -188,6 +189,24 @@ async def test_malformed_values_are_denied(
     reply = await served.check(check_request(**{"host": HOST, **request_kw}))
     outcome = _only_deny(served, reply, Reason.MALFORMED_REQUEST)
     assert detail in outcome.detail
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\xff\xff", b"\x0a\x05\x0a\x03", b"\x0a\x02\xc3\x28"],
+    ids=["bad-tag", "truncated", "not-utf8"],
+)
+async def test_bytes_that_are_not_a_check_request_are_denied(served: Served, data: bytes) -> None:
+    """The servicer takes the request's bytes: bytes protobuf does not parse reach it and
+    are a malformed_request deny (with the reason), never a crash or an allow."""
+    call: Any = served.channel.unary_unary(
+        "/envoy.service.auth.v3.Authorization/Check",
+        request_serializer=None,
+        response_deserializer=external_auth_pb2.CheckResponse.FromString,
+    )
+    reply = await call(data, timeout=5)
+    outcome = _only_deny(served, reply, Reason.MALFORMED_REQUEST)
+    assert "not a CheckRequest" in outcome.detail
 
 
 async def test_tab_in_header_value_is_allowed(served: Served) -> None:

@@ -1,4 +1,4 @@
-"""One Check, from the parsed CheckRequest to the bytes of its response, in one call.
+"""One Check, from the bytes of its CheckRequest to the bytes of its response, in one call.
 
 Decode, run the pipeline, map the outcome: nothing here awaits, so a Check is decided in one
 step of the event loop from memory only. Anything unexpected, a request that can't be
@@ -19,9 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from envoy.service.auth.v3 import external_auth_pb2
 
-from extauthz.decode import MalformedRequest, decode
+from extauthz.decode import MalformedRequest, decode_bytes
 from extauthz.errors import Reason
 from extauthz.model import RequestView
 from extauthz.outcome import Outcome, deny
@@ -58,8 +57,9 @@ class Observers:
 
 
 class Answer:
-    """``answer(request, context)``: the serialized CheckResponse (``context`` is the
-    grpc.aio ServicerContext, read for its deadline)."""
+    """``answer(request, context)``: the serialized CheckResponse for the serialized
+    CheckRequest ``request`` (``context`` is the grpc.aio ServicerContext, read for its
+    deadline)."""
 
     def __init__(
         self, registry: Registry, pipeline: Decide, observer: Observer = no_observer
@@ -71,7 +71,7 @@ class Answer:
         self.checks = 0  # Checks answered
         self.last_check = 0.0  # time.perf_counter() when the latest Check arrived
 
-    def __call__(self, request: external_auth_pb2.CheckRequest, context: Any) -> bytes:
+    def __call__(self, request: bytes, context: Any) -> bytes:
         start = self.last_check = time.perf_counter()
         self.checks += 1
         try:
@@ -99,12 +99,12 @@ class Answer:
             log.exception("observer failed", decision_id=decision_id)
         return response
 
-    def decide(self, request: external_auth_pb2.CheckRequest) -> tuple[Outcome, RequestView | None]:
+    def decide(self, request: bytes) -> tuple[Outcome, RequestView | None]:
         registry = self.registry
         if not registry.ready:
             return deny(Reason.NOT_READY, "no policies loaded yet"), None
         try:
-            view = decode(request)
+            view = decode_bytes(request)
         except MalformedRequest as exc:
             return deny(Reason.MALFORMED_REQUEST, str(exc)), None
         return self.pipeline(registry.snapshot, view), view

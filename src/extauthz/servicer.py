@@ -1,8 +1,9 @@
 """The grpc.aio servicer for ``envoy.service.auth.v3.Authorization/Check``.
 
-Its coroutine hands the request to ``answer.Answer`` (decode, pipeline, response, observers:
-one synchronous call, compiled in the compiled build) and returns the serialized response it
-gets, so ``add_to_server`` registers ``Check`` without a serializer.
+Its coroutine hands the request's bytes to ``answer.Answer`` (decode, pipeline, response,
+observers: one synchronous call, compiled in the compiled build) and returns the serialized
+response it gets, so ``add_to_server`` registers ``Check`` with neither a deserializer nor a
+serializer.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Final
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2
 
 from extauthz.answer import Answer, Observer, no_observer
 from extauthz.pipeline import CheckPipeline
@@ -29,9 +29,7 @@ class AuthorizationServicer:
         self._pipeline = pipeline
         self._observer = observer
 
-    async def Check(
-        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> bytes:
+    async def Check(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         return self.answer(request, context)
 
     @property
@@ -50,12 +48,12 @@ class AuthorizationServicer:
 
 
 def add_to_server(servicer: AuthorizationServicer, server: grpc.aio.Server) -> None:
-    """Serve ``servicer`` as ``Authorization/Check``: requests parsed as CheckRequest, the
-    bytes it returns sent as they are."""
+    """Serve ``servicer`` as ``Authorization/Check``: the request's bytes handed to it as
+    they arrive (``decode.decode_bytes`` reads them), the bytes it returns sent as they are."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Check": grpc.unary_unary_rpc_method_handler(
             servicer.Check,
-            request_deserializer=external_auth_pb2.CheckRequest.FromString,
+            request_deserializer=None,
             response_serializer=None,
         )
     }

@@ -1,13 +1,17 @@
 """The Check decision path (decode, pipeline, response) on arbitrary CheckRequests.
 
-Input: one selector byte, then either a serialized CheckRequest (selector even) or the
-bytes a FuzzedDataProvider turns into a request aimed at the example tenants (odd). The
-request runs through the servicer's decision path with the example policies, under three
-configurations. Properties: no exception escapes; a request decode refuses, or whose peer
-identity is invalid, is denied; an allow names its tenant and is a 200.
+Input: one selector byte, then either the bytes of a request as they come off the wire
+(selector even: any bytes, a CheckRequest or not) or the bytes a FuzzedDataProvider turns
+into a request aimed at the example tenants (odd). The request runs through the servicer's
+decision path with the example policies, under three configurations. Properties: the bytes
+read by ``wire`` give what protobuf's parser and ``decode`` give (the same view, or the same
+refusal); no exception escapes; a request decode refuses, or whose peer identity is
+invalid, is denied; an allow names its tenant and is a 200.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import atheris
 from envoy.service.auth.v3 import external_auth_pb2
@@ -17,8 +21,9 @@ from tests.fuzz.common import REPO, check, main
 
 with atheris.instrument_imports(include=["extauthz"]):
     from extauthz.authn.jwks import JwksCache
-    from extauthz.decode import MalformedRequest, decode
+    from extauthz.decode import NOT_PARSED, MalformedRequest, decode, decode_wire
     from extauthz.identity import PeerIdentityError, TrustedProxies, peer_identity
+    from extauthz.model import RequestView
     from extauthz.options import CheckOptions
     from extauthz.pathnorm import PathNormalization
     from extauthz.pipeline import CheckPipeline
@@ -90,39 +95,52 @@ def structured(fdp: atheris.FuzzedDataProvider) -> external_auth_pb2.CheckReques
     return req
 
 
-def request_of(data: bytes) -> external_auth_pb2.CheckRequest | None:
+def request_of(data: bytes) -> bytes | None:
     if not data:
         return None
     if data[0] % 2:
-        return structured(atheris.FuzzedDataProvider(data[1:]))
-    req = external_auth_pb2.CheckRequest()
+        return structured(atheris.FuzzedDataProvider(data[1:])).SerializeToString()
+    return data[1:]
+
+
+def decoded(read: Callable[[], RequestView]) -> RequestView | str:
+    """The view ``read`` returns, or the reason of its MalformedRequest."""
     try:
-        req.ParseFromString(data[1:])
+        return read()
+    except MalformedRequest as exc:
+        return str(exc)
+
+
+def reference(wire: bytes) -> RequestView | str:
+    """What protobuf's parser and ``decode`` make of ``wire``."""
+    try:
+        request = external_auth_pb2.CheckRequest.FromString(wire)
     except DecodeError:
-        return None
-    return req
+        return NOT_PARSED
+    return decoded(lambda: decode(request))
 
 
 def test_one_input(data: bytes) -> None:
-    req = request_of(data)
-    if req is None:
+    wire = request_of(data)
+    if wire is None:
         return
-    try:
-        view = decode(req)
-    except MalformedRequest:
-        view = None
+    view = reference(wire)
+    read = decoded(lambda: decode_wire(wire))
+    check(read == view, f"wire read {read!r}, protobuf and decode {view!r}: {wire!r}")
     for proxies, servicer in SERVICERS:
-        outcome, _ = servicer.answer.decide(req)  # the servicer's own decision path
+        outcome, _ = servicer.answer.decide(wire)  # the servicer's own decision path
         build_response(outcome, "fuzz-decision")
         if not outcome.allowed:
             continue
-        check(view is not None, f"allowed a request decode refuses: {req}")
+        check(isinstance(view, RequestView), f"allowed a request decode refuses: {wire!r}")
         check(bool(outcome.tenant) and outcome.status == 200, f"odd allow {outcome}")
-        assert view is not None
+        assert isinstance(view, RequestView)
         try:
             peer_identity(view, proxies)
         except PeerIdentityError as exc:
-            raise AssertionError(f"allowed with an invalid peer identity ({exc}): {req}") from None
+            raise AssertionError(
+                f"allowed with an invalid peer identity ({exc}): {wire!r}"
+            ) from None
 
 
 if __name__ == "__main__":
