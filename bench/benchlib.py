@@ -53,6 +53,33 @@ def response_encoder() -> Callable[[Any, str], bytes]:
     return lambda outcome, decision_id: build(outcome, decision_id).SerializeToString()
 
 
+def check_argument() -> Callable[[bytes], Any]:
+    """What the servicer's ``Check`` takes for a request's bytes: the bytes themselves (grpc
+    hands them over unparsed), or (a reference ``src/`` from before ``decode_bytes``) the
+    CheckRequest grpc parsed for it."""
+    from extauthz import decode
+
+    if hasattr(decode, "decode_bytes"):
+        return lambda wire: wire
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    return external_auth_pb2.CheckRequest.FromString  # type: ignore[no-any-return]
+
+
+def request_decoder() -> Callable[[bytes], Any]:
+    """A request's bytes to its RequestView, as a served Check does: ``decode_bytes``, or (a
+    reference ``src/`` without it) protobuf's parse and ``decode``."""
+    from extauthz import decode
+
+    decode_bytes = getattr(decode, "decode_bytes", None)
+    if decode_bytes is not None:
+        return decode_bytes  # type: ignore[no-any-return]
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    parse = external_auth_pb2.CheckRequest.FromString
+    return lambda wire: decode.decode(parse(wire))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))

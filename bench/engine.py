@@ -12,11 +12,12 @@ the median, p99 and mean in microseconds. Stages:
 - ``authenticate``: the tenant's Authenticator with the token already verified (cache hit);
 - ``pipeline``: ``CheckPipeline.__call__`` (identity, tenant, authn with a cached token,
   Subject, engine, Outcome); target: a median of at most 30 us;
-- ``decode`` and ``response``: CheckRequest -> RequestView, Outcome -> the CheckResponse as sent;
-- ``decode+pipeline+response``: the three, on protobuf objects;
-- ``servicer.Check (wire)``: what the server runs per call besides grpc itself: parse the
-  serialized CheckRequest, ``AuthorizationServicer.Check`` (driven without an event loop, it
-  never awaits), serialize the CheckResponse.
+- ``decode`` and ``response``: the request's bytes -> RequestView (protobuf's parse included
+  where the build uses it), Outcome -> the CheckResponse as sent;
+- ``decode+pipeline+response``: the three, from the request's bytes;
+- ``servicer.Check (wire)``: what the server runs per call besides grpc itself:
+  ``AuthorizationServicer.Check`` (driven without an event loop, it never awaits) from the
+  request's bytes to the response's bytes (protobuf parse and serialize included).
 
 - ``served Check, decision log all|none``: the same, with the servicer ``extauthz serve``
   builds (``extauthz.app.build``: telemetry with metrics on, as by default, and decision log
@@ -50,7 +51,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workload
-from benchlib import response_encoder, wire_of
+from benchlib import check_argument, request_decoder, response_encoder, wire_of
 
 from extauthz.authn import JwksCache
 from extauthz.catalog import compile_documents
@@ -179,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     registry.replace_all({tenant.name: TenantSource(tenant.name, "v1", tuple(docs))})
     servicer = AuthorizationServicer(registry, pipeline)
     context: Any = _Context()  # stands in for grpc.aio.ServicerContext
-    parse = external_auth_pb2.CheckRequest.FromString
+    parse = check_argument()
+    decode_request = request_decoder()
     reply = external_auth_pb2.CheckResponse.FromString(
         wire_of(drive(servicer.Check(parse(wire), context)))
     )
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     respond = response_encoder()
 
     def full() -> object:
-        v = decode(request)
+        v = decode_request(wire)
         return respond(pipeline(snapshot, v), v.request_id)
 
     stages: list[tuple[str, Callable[[], object]]] = [
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         ("evaluate", lambda: evaluate(policies, subject)),
         ("authenticate (cached JWT)", lambda: authenticator.authenticate(view)),
         ("pipeline", lambda: pipeline(snapshot, view)),
-        ("decode", lambda: decode(request)),
+        ("decode (request bytes, parse included)", lambda: decode_request(wire)),
         ("response", lambda: respond(outcome, view.request_id)),
         ("decode+pipeline+response", full),
         (
