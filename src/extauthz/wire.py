@@ -13,11 +13,16 @@ oneof's last member, unknown fields) and words its errors.
 So this reader never has to be right about a case it does not take: it only has to give,
 for what it takes, what protobuf's parser gives. ``tests/test_wire.py`` holds the two equal
 over generated and mutated requests, and ``tests/fuzz/fuzz_check.py`` does so on every input.
+
+Positions are ``i64``: machine integers in the compiled build (a sixth off a read), plain
+ints in Python. Varint values stay ``int``, so a 64-bit value never wraps.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+from mypy_extensions import i64
 
 __all__ = ["Fields", "Irregular", "read"]
 
@@ -57,11 +62,11 @@ def read(data: bytes) -> Fields:
     """The fields of the serialized CheckRequest ``data``; ``Irregular`` for anything outside
     the subset (see the module's docstring), including a request without attributes.http."""
     fields = Fields()
-    end = len(data)
-    pos = 0
+    end: i64 = len(data)
+    pos: i64 = 0
     seen = False
     while pos < end:
-        tag = data[pos]
+        tag: i64 = data[pos]
         pos += 1
         if tag != 0x0A or seen:  # 1: attributes, once
             raise Irregular()
@@ -74,8 +79,8 @@ def read(data: bytes) -> Fields:
     return fields
 
 
-def _attributes(data: bytes, pos: int, end: int, fields: Fields) -> None:
-    seen = 0
+def _attributes(data: bytes, pos: i64, end: i64, fields: Fields) -> None:
+    seen: i64 = 0
     while pos < end:
         number, pos = _field(data, pos, end, _LEN)
         size, pos = _length(data, pos, end)
@@ -95,7 +100,7 @@ def _attributes(data: bytes, pos: int, end: int, fields: Fields) -> None:
                 _request(data, pos, stop, fields)
             elif number == 12:  # tls_session: 1 sni
                 sni = ""
-                inner = 0
+                inner: i64 = 0
                 while pos < stop:
                     number, pos = _field(data, pos, stop, _LEN)
                     if number != 1:
@@ -110,11 +115,11 @@ def _attributes(data: bytes, pos: int, end: int, fields: Fields) -> None:
         pos = stop
 
 
-def _peer(data: bytes, pos: int, end: int, fields: Fields, source: bool) -> None:
+def _peer(data: bytes, pos: i64, end: i64, fields: Fields, source: bool) -> None:
     address = ""
     port = 0
     principal = ""
-    seen = 0
+    seen: i64 = 0
     while pos < end:
         number, pos = _field(data, pos, end, _LEN)
         if number == 3:  # labels: read (so that they are valid), not kept
@@ -143,7 +148,7 @@ def _peer(data: bytes, pos: int, end: int, fields: Fields, source: bool) -> None
         fields.destination_principal = principal
 
 
-def _address(data: bytes, pos: int, end: int) -> tuple[str, int]:
+def _address(data: bytes, pos: i64, end: i64) -> tuple[str, int]:
     """envoy.config.core.v3.Address holding a socket_address: (address, port_value)."""
     if pos == end:
         return "", 0
@@ -153,9 +158,9 @@ def _address(data: bytes, pos: int, end: int) -> tuple[str, int]:
         raise Irregular()
     address = ""
     port = 0
-    seen = 0
+    seen: i64 = 0
     while pos < end:
-        tag = data[pos]
+        tag: i64 = data[pos]
         number = tag >> 3
         seen = _once(seen, number)
         if number == 1 or number == 3 or number == 6:  # protocol, port_value, ipv4_compat
@@ -175,8 +180,8 @@ def _address(data: bytes, pos: int, end: int) -> tuple[str, int]:
     return address, port
 
 
-def _request(data: bytes, pos: int, end: int, fields: Fields) -> None:
-    seen = 0
+def _request(data: bytes, pos: i64, end: i64, fields: Fields) -> None:
+    seen: i64 = 0
     while pos < end:
         number, pos = _field(data, pos, end, _LEN)
         seen = _once(seen, number)
@@ -197,12 +202,12 @@ def _request(data: bytes, pos: int, end: int, fields: Fields) -> None:
         pos = stop
 
 
-def _http(data: bytes, pos: int, end: int, fields: Fields) -> None:
+def _http(data: bytes, pos: i64, end: i64, fields: Fields) -> None:
     fields.has_http = True
     headers = fields.headers
-    seen = 0
+    seen: i64 = 0
     while pos < end:
-        tag = data[pos]
+        tag: i64 = data[pos]
         number = tag >> 3
         if number == 3:
             number, pos = _field(data, pos, end, _LEN)
@@ -241,10 +246,10 @@ def _http(data: bytes, pos: int, end: int, fields: Fields) -> None:
             # 7 query, 8 fragment, 11 body: read (so that they are valid UTF-8), not kept
 
 
-def _entry(data: bytes, pos: int, end: int) -> tuple[str, str]:
+def _entry(data: bytes, pos: i64, end: i64) -> tuple[str, str]:
     """A map<string, string> entry: (key, value), each at most once, absent as ""."""
     key = value = ""
-    seen = 0
+    seen: i64 = 0
     while pos < end:
         number, pos = _field(data, pos, end, _LEN)
         seen = _once(seen, number)
@@ -257,26 +262,26 @@ def _entry(data: bytes, pos: int, end: int) -> tuple[str, str]:
     return key, value
 
 
-def _once(seen: int, number: int) -> int:
+def _once(seen: i64, number: i64) -> i64:
     """``seen`` with ``number`` added; Irregular if it was there (a repeated singular field)."""
-    bit = 1 << number
+    bit: i64 = 1 << number
     if seen & bit:
         raise Irregular()
     return seen | bit
 
 
-def _field(data: bytes, pos: int, end: int, wire_type: int) -> tuple[int, int]:
+def _field(data: bytes, pos: i64, end: i64, wire_type: i64) -> tuple[i64, i64]:
     """The field number of the one-byte tag at ``pos`` (every field read here has a number
     below 16), which must have ``wire_type``; and the position after it."""
     if pos >= end:
         raise Irregular()
-    tag = data[pos]
+    tag: i64 = data[pos]
     if tag >= 0x80 or tag & 7 != wire_type:
         raise Irregular()
     return tag >> 3, pos + 1
 
 
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+def _varint(data: bytes, pos: i64, end: i64) -> tuple[int, i64]:
     """A varint of at most 10 bytes and 64 bits, and the position after it."""
     value = 0
     shift = 0
@@ -292,7 +297,7 @@ def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
     raise Irregular()
 
 
-def _length(data: bytes, pos: int, end: int) -> tuple[int, int]:
+def _length(data: bytes, pos: i64, end: i64) -> tuple[i64, i64]:
     """The length prefix at ``pos`` (at most 5 bytes), which must fit before ``end``."""
     if pos < end and data[pos] < 0x80:  # nearly every length
         size = data[pos]
@@ -304,7 +309,7 @@ def _length(data: bytes, pos: int, end: int) -> tuple[int, int]:
     return size, pos
 
 
-def _string(data: bytes, pos: int, end: int) -> tuple[str, int]:
+def _string(data: bytes, pos: i64, end: i64) -> tuple[str, i64]:
     """The length-delimited UTF-8 text at ``pos`` and the position after it."""
     size, pos = _length(data, pos, end)
     stop = pos + size
