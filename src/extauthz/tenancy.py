@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from extauthz.authn import JwtRule, parse_jwt_rules
 from extauthz.documents import Document, Path
@@ -263,12 +263,10 @@ class TenantConflict(ValueError):
     """Two tenants claim the same requests."""
 
 
-class Route(NamedTuple):
-    """Where a request goes: ``spec`` None = no tenant; ``matched`` False = ``spec`` owns the
-    request's destination namespace but its own hosts/headers do not match (deny)."""
-
-    spec: TenantSpec | None
-    matched: bool
+Route = tuple[TenantSpec | None, bool]
+"""Where a request goes, as (spec, matched): ``spec`` None = no tenant; ``matched`` False =
+``spec`` owns the request's destination namespace but its own hosts/headers do not match
+(deny). A plain tuple: the compiled build passes it without building an object."""
 
 
 class TenantRouter:
@@ -368,17 +366,17 @@ class TenantRouter:
             owner = self._namespace.get(dest_ns)
             if owner is not None:
                 host = _request_host(authority) if owner.match.hosts else ""
-                return Route(owner, owner.match.matches(host, dest_ns, headers))
+                return owner, owner.match.matches(host, dest_ns, headers)
         host = _request_host(authority)
         if host is None:
-            return Route(None, False)
+            return None, False
         # Tenants that own no namespace, most specific first: exact host (nearly every
         # Check ends here), wildcard host, headers only, catch-all.
         exact = self._exact.get(host)
         if exact is not None:
             for spec in exact:
                 if spec.match.matches(host, dest_ns, headers):
-                    return Route(spec, True)
+                    return spec, True
         if self._wildcard:
             # Each suffix of the host that starts at a dot and leaves a label before it,
             # longest first: the wildcards that match, most specific first.
@@ -386,15 +384,15 @@ class TenantRouter:
             while dot > 0:
                 for spec in self._wildcard.get(host[dot:], ()):
                     if spec.match.matches(host, dest_ns, headers):
-                        return Route(spec, True)
+                        return spec, True
                 dot = host.find(".", dot + 1)
         for spec in self._headers_only:
             if spec.match.matches(host, dest_ns, headers):
-                return Route(spec, True)
+                return spec, True
         last = self._catch_all
         if last is not None and last.match.matches(host, dest_ns, headers):
-            return Route(last, True)
-        return Route(None, False)
+            return last, True
+        return None, False
 
 
 def _claims_of(spec: TenantSpec) -> list[tuple[Any, ...]]:
