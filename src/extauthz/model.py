@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-__all__ = ["IPAddress", "RequestView", "Subject"]
+__all__ = ["IPAddress", "RequestView", "Subject", "described", "same_fields"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NONE: Final[Mapping[str, str]] = MappingProxyType({})
@@ -85,12 +85,12 @@ class RequestView:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RequestView):
             return NotImplemented
-        return _equal(self, other, _REQUEST_FIELDS)
+        return same_fields(self, other, _REQUEST_FIELDS)
 
     __hash__ = None  # type: ignore[assignment]  # holds dicts, as the named tuple did
 
     def __repr__(self) -> str:
-        return _describe(self, _REQUEST_FIELDS)
+        return described(self, _REQUEST_FIELDS)
 
 
 _SUBJECT_FIELDS: Final = (
@@ -158,18 +158,20 @@ class Subject:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Subject):
             return NotImplemented
-        return _equal(self, other, _SUBJECT_FIELDS)
+        return same_fields(self, other, _SUBJECT_FIELDS)
 
     __hash__ = None  # type: ignore[assignment]  # holds dicts, as the named tuple did
 
     def __repr__(self) -> str:
-        return _describe(self, _SUBJECT_FIELDS)
+        return described(self, _SUBJECT_FIELDS)
 
 
-def _equal(a: object, b: object, names: tuple[str, ...]) -> bool:
+def same_fields(a: object, b: object, names: tuple[str, ...]) -> bool:
+    """Whether ``a`` and ``b`` hold equal values in each attribute ``names`` lists."""
     return all(getattr(a, name) == getattr(b, name) for name in names)
 
 
-def _describe(value: object, names: tuple[str, ...]) -> str:
+def described(value: object, names: tuple[str, ...]) -> str:
+    """``Type(name=value, ...)`` for the attributes ``names`` lists."""
     fields = ", ".join(f"{name}={getattr(value, name)!r}" for name in names)
     return f"{type(value).__name__}({fields})"

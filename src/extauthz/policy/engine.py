@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from extauthz.errors import Reason
-from extauthz.model import Subject
+from extauthz.model import Subject, described, same_fields
 from extauthz.policy.compile import ALLOW, AUDIT, DENY, GROUPS, CompiledPolicies, CompiledRule
 from extauthz.policy.matchers import Ctx
 
@@ -52,16 +52,42 @@ class ShadowResult:
     audits: tuple[RuleRef, ...]
 
 
-class PolicyResult(NamedTuple):
-    """The decision of ``evaluate`` (a NamedTuple: a third of a frozen dataclass's cost to
-    build, on every Check)."""
+_RESULT_FIELDS: Final = ("allowed", "reason", "policy", "rule", "audits", "shadow")
 
-    allowed: bool
-    reason: Reason
-    policy: str = ""  # namespace/name of the deciding policy, "" when none decided
-    rule: int = -1
-    audits: tuple[RuleRef, ...] = ()
-    shadow: ShadowResult | None = None
+
+class PolicyResult:
+    """The decision of ``evaluate``. Immutable by convention, compared by value. A plain
+    class: in the compiled build a native one, built without a Python-level call (a
+    NamedTuple's constructor is one, on every Check)."""
+
+    __slots__ = _RESULT_FIELDS
+
+    def __init__(
+        self,
+        allowed: bool,
+        reason: Reason,
+        policy: str = "",  # namespace/name of the deciding policy, "" when none decided
+        rule: int = -1,
+        audits: tuple[RuleRef, ...] = (),
+        shadow: ShadowResult | None = None,
+    ) -> None:
+        self.allowed: Final = allowed
+        self.reason: Final = reason
+        self.policy: Final = policy
+        self.rule: Final = rule
+        self.audits: Final = audits
+        self.shadow: Final = shadow
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PolicyResult):
+            return NotImplemented
+        return same_fields(self, other, _RESULT_FIELDS)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, name) for name in _RESULT_FIELDS))
+
+    def __repr__(self) -> str:
+        return described(self, _RESULT_FIELDS)
 
 
 def evaluate(compiled: CompiledPolicies, subject: Subject) -> PolicyResult:
