@@ -11,14 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from extauthz.identity import TrustedProxies
+from extauthz.model import utc_now
 from extauthz.pathnorm import PathNormalization
 
 __all__ = ["CheckOptions", "utc_now"]
-
-
-def utc_now() -> datetime.datetime:
-    """The instant a Check is decided at, by default: now, in UTC."""
-    return datetime.datetime.now(datetime.UTC)
 
 
 @dataclass(frozen=True, slots=True)

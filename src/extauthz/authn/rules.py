@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from extauthz.authn.keys import JwksError, Key, parse_jwks
@@ -53,9 +53,10 @@ _UNITS: Final[Mapping[str, float]] = {
 _LOOPBACK_NAMES: Final = frozenset({"localhost"})
 
 
-@dataclass(frozen=True, slots=True)
-class TokenLocation:
-    """Where a token may be: a header (with a prefix to strip), a query parameter, a cookie."""
+class TokenLocation(NamedTuple):
+    """Where a token may be: a header (with a prefix to strip), a query parameter, a cookie.
+    (A NamedTuple: hashed on every Check with a token, and a tuple's hash is no Python-level
+    call, where a frozen dataclass's is.)"""
 
     kind: Literal["header", "param", "cookie"]
     name: str  # header names lower-case
