@@ -12,6 +12,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import json_format
 
 from tests.fuzz.common import CORPUS, REPO
+from tests.helpers import envoy_request
 
 GATEWAY = "spiffe://cluster.local/ns/istio-system/sa/gateway"
 
@@ -21,6 +22,16 @@ def check_seeds() -> list[bytes]:
     for path in sorted((REPO / "examples" / "requests").glob("*.json")):
         req = json_format.Parse(path.read_text(), external_auth_pb2.CheckRequest())
         out.append(b"\x00" + req.SerializeToString())
+    # a request as Envoy sends it (time, scheme, protocol, size, a body): read from its bytes
+    envoy = envoy_request(
+        host="orders.acme.example.com",
+        path="/api/orders?x=1",
+        principal=GATEWAY,
+        headers={"authorization": "Bearer t", "x-forwarded-for": "10.0.0.9"},
+        body="{}",
+        context_extensions={"route": "r1"},
+    )
+    out.append(b"\x00" + envoy.SerializeToString())
     out += [b"\x01" + bytes(range(64)), b"\x03" + b"\xff" * 64]
     return out
 
