@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import http.client
 import json
 import ssl
@@ -72,6 +73,29 @@ class EnvoyProcess:
 
 
 @contextlib.contextmanager
+def started_envoy(options: EnvoyOptions, directory: Path) -> Iterator[EnvoyProcess]:
+    """Envoy on ``options``, ready, stopped on exit. ``free_port`` finds a port free, and
+    another process (a client's outgoing connection) can take it before Envoy binds: then
+    Envoy starts again on new ports, up to three times."""
+    for attempt in range(3):
+        envoy = EnvoyProcess(options, directory)
+        try:
+            wait_for(envoy.ready, 20, what=f"envoy on {options.listen}")
+        except RuntimeError as exc:
+            envoy.stop()
+            if "Address already in use" not in str(exc) or attempt == 2:
+                raise
+            listen = HostPort(options.listen.host, free_port())
+            options = dataclasses.replace(options, listen=listen, admin_port=free_port())
+            continue
+        try:
+            yield envoy
+        finally:
+            envoy.stop()
+        return
+
+
+@contextlib.contextmanager
 def running_envoy(
     directory: Path,
     extauthz: str,
@@ -92,12 +116,8 @@ def running_envoy(
         timeout=timeout,
         with_request_body=with_request_body,
     )
-    envoy = EnvoyProcess(options, directory)
-    try:
-        wait_for(envoy.ready, 20, what=f"envoy on {options.listen}")
+    with started_envoy(options, directory) as envoy:
         yield envoy
-    finally:
-        envoy.stop()
 
 
 class _Echo(BaseHTTPRequestHandler):

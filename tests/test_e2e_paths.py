@@ -29,7 +29,7 @@ from extauthz.envoyconfig import EnvoyOptions, HostPort, TlsFiles
 from extauthz.model import Subject
 from extauthz.pathnorm import PathNormalization, normalize_path
 from extauthz.policy import compile_policies, evaluate
-from tests.envoy_support import EnvoyProcess, echo_upstream
+from tests.envoy_support import echo_upstream, started_envoy
 from tests.helpers import (
     ServerProcess,
     check_request,
@@ -159,12 +159,8 @@ def envoy(
         tls=tls,
         include_tls_session=include_tls_session,
     )
-    process = EnvoyProcess(options, directory)
-    try:
-        wait_for(process.ready, 20, what=f"envoy on {options.listen}")
-        yield options.listen.port
-    finally:
-        process.stop()
+    with started_envoy(options, directory) as process:
+        yield process.port
 
 
 def send(
