@@ -39,11 +39,9 @@ def test_an_import_against_the_flow_fails(tmp_path: Path) -> None:
     shutil.copytree(REPO / "src" / "extauthz", tmp_path / "extauthz")
     response = tmp_path / "extauthz" / "response.py"
     text = response.read_text()
-    response.write_text(
-        text.replace(
-            "from extauthz.outcome import Outcome", "from extauthz.pipeline import Outcome"
-        )
-    )
+    mutated = text.replace("from extauthz.outcome import", "from extauthz.pipeline import")
+    assert mutated != text, "response.py no longer imports from extauthz.outcome"
+    response.write_text(mutated)
     out = lint_imports(tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "Layers (top imports bottom, never the reverse) BROKEN" in out.stdout

@@ -7,7 +7,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 
 from extauthz import response
 from extauthz.errors import Reason
-from extauthz.outcome import Outcome
+from extauthz.outcome import OUTCOME_FIELDS, Outcome
 from extauthz.policy import RuleRef, ShadowResult
 
 OUTCOMES = [
@@ -93,7 +93,7 @@ def test_decision_id_with_a_lone_surrogate_is_refused() -> None:
 def test_detail_and_cache_hit_do_not_change_the_response() -> None:
     """Outcomes differing only in detail or jwt_cache_hit get the same response."""
     base = OUTCOMES[2]
-    other = base._replace(detail="another detail", jwt_cache_hit=True)
+    other = base.replace(detail="another detail", jwt_cache_hit=True)
     assert response.build_response(other, "d").SerializeToString(
         deterministic=True
     ) == response.build_response(base, "d").SerializeToString(deterministic=True)
@@ -112,7 +112,7 @@ def test_changing_a_returned_response_leaves_the_next_one_alone() -> None:
 
 def test_invalid_header_is_refused_every_time() -> None:
     """A header Envoy would refuse raises on every call, never served from a kept response."""
-    outcome = OUTCOMES[0]._replace(headers_to_add=(("x-user", "a\r\nb"),))
+    outcome = OUTCOMES[0].replace(headers_to_add=(("x-user", "a\r\nb"),))
     for _ in range(2):
         with pytest.raises(response.InvalidHeader):
             response.build_response(outcome, "d")
@@ -122,13 +122,13 @@ def test_kept_responses_are_bounded_in_entries_and_bytes() -> None:
     """At most `entries` responses and `max_bytes` of them are kept; a large one is not."""
     templates = response._Templates(entries=3, max_bytes=2000, max_entry_bytes=900)
     for n in range(10):
-        outcome = OUTCOMES[0]._replace(request_principal=f"https://issuer/user{n}")
-        templates.put(tuple(outcome), response._template(outcome))
+        outcome = OUTCOMES[0].replace(request_principal=f"https://issuer/user{n}")
+        templates.put(response._response_key(outcome), response._template(outcome))
     assert len(templates) <= 3
     assert 0 < templates.total_bytes <= 2000
-    big = OUTCOMES[0]._replace(headers_to_add=(("x-claims", "x" * 1000),))
-    templates.put(tuple(big), response._template(big))
-    assert templates.get(tuple(big)) is None
+    big = OUTCOMES[0].replace(headers_to_add=(("x-claims", "x" * 1000),))
+    templates.put(response._response_key(big), response._template(big))
+    assert templates.get(response._response_key(big)) is None
 
 
 @pytest.mark.parametrize("allowed", [True, False])
@@ -144,7 +144,7 @@ def test_rate_limit_headers_are_added_to_each_copy(allowed: bool) -> None:
     )
     kept = len(response._templates)
     for remaining in range(5):
-        outcome = base._replace(client_headers=(("ratelimit", f'"q/0";r={remaining};t=9'),))
+        outcome = base.replace(client_headers=(("ratelimit", f'"q/0";r={remaining};t=9'),))
         built = response.build_response(outcome, "d")
         assert built.SerializeToString(deterministic=True) == fresh(outcome, "d")
         headers = (
@@ -154,3 +154,49 @@ def test_rate_limit_headers_are_added_to_each_copy(allowed: bool) -> None:
             f'"q/0";r={remaining};t=9'
         ]
     assert len(response._templates) == kept + 1
+
+
+def test_every_field_a_response_carries_is_in_the_key() -> None:
+    """Outcomes differing in any field but detail, jwt_cache_hit and client_headers never
+    share a kept response: each such change moves the key; the three that leave it alone
+    leave the kept part of the response alone too."""
+    base = OUTCOMES[0]
+    changed = {
+        "allowed": False,
+        "reason": Reason.POLICY_DENIED,
+        "status": 401,
+        "tenant": "other",
+        "policy": "ns/other",
+        "rule": 3,
+        "principal": "spiffe://td/ns/x/sa/y",
+        "request_principal": "https://issuer/bob",
+        "detail": "other",
+        "headers_to_add": (("x-user", "bob"),),
+        "headers_to_remove": (),
+        "audits": (),
+        "shadow": OUTCOMES[4].shadow,
+        "jwt_cache_hit": False,
+        "version": "v8",
+        "ratelimit": "q/1",
+        "client_headers": (("ratelimit", "x"),),
+    }
+    assert set(changed) == set(OUTCOME_FIELDS)
+    for name, value in changed.items():
+        other = base.replace(**{name: value})
+        assert getattr(other, name) == value != getattr(base, name)
+        same_key = response._response_key(other) == response._response_key(base)
+        assert same_key == (name in {"detail", "jwt_cache_hit", "client_headers"}), name
+        if same_key:
+            assert fresh(other.replace(client_headers=()), "d") == fresh(base, "d"), name
+
+
+def test_outcomes_compare_and_hash_by_value() -> None:
+    a = OUTCOMES[0]
+    b = a.replace()
+    assert a is not b
+    assert a == b
+    assert hash(a) == hash(b)
+    assert a != a.replace(rule=1)
+    assert repr(a).startswith("Outcome(allowed=True, reason=")
+    with pytest.raises(TypeError, match="no field 'rulez'"):
+        a.replace(rulez=1)

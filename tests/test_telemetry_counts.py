@@ -122,7 +122,7 @@ def test_counts_stay_exact_while_scraped_from_another_thread() -> None:
     scraper.start()
     try:
         for i in range(20_000):
-            telemetry.observe(ALLOW._replace(tenant=f"t{i % 90}"), None, "d", 0.0001)
+            telemetry.observe(ALLOW.replace(tenant=f"t{i % 90}"), None, "d", 0.0001)
     finally:
         stop.set()
         scraper.join()

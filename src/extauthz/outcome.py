@@ -13,13 +13,15 @@ log, the span and ``extauthz check --output json`` each take fields from it
 
 from __future__ import annotations
 
-from typing import Final, NamedTuple
+from typing import Any, Final
 
 from extauthz.errors import Reason
+from extauthz.model import described, same_fields
 from extauthz.policy import ShadowResult
 
 __all__ = [
     "METADATA_FIELDS",
+    "OUTCOME_FIELDS",
     "RECORD_FIELDS",
     "Outcome",
     "RecordValue",
@@ -28,26 +30,92 @@ __all__ = [
 ]
 
 
-class Outcome(NamedTuple):
-    """The one result type of a Check; ``response.build`` maps it to a CheckResponse."""
+OUTCOME_FIELDS: Final = (
+    "allowed",
+    "reason",
+    "status",
+    "tenant",
+    "policy",
+    "rule",
+    "principal",
+    "request_principal",
+    "detail",
+    "headers_to_add",
+    "headers_to_remove",
+    "audits",
+    "shadow",
+    "jwt_cache_hit",
+    "version",
+    "ratelimit",
+    "client_headers",
+)
 
-    allowed: bool
-    reason: Reason
-    status: int  # HTTP status: 200, or the denial's 401/403
-    tenant: str = ""
-    policy: str = ""
-    rule: int = -1
-    principal: str = ""
-    request_principal: str = ""
-    detail: str = ""  # for logs only, never sent to the client
-    headers_to_add: tuple[tuple[str, str], ...] = ()
-    headers_to_remove: tuple[str, ...] = ()
-    audits: tuple[str, ...] = ()
-    shadow: ShadowResult | None = None
-    jwt_cache_hit: bool | None = None
-    version: str = ""
-    ratelimit: str = ""  # the RateLimit that decided (``<name>/<index>``), "" when none applied
-    client_headers: tuple[tuple[str, str], ...] = ()  # for the client's response (RateLimit)
+
+class Outcome:
+    """The one result type of a Check; ``response.encode_response`` maps it to a
+    CheckResponse. Immutable by convention, compared by value. A plain class: in the
+    compiled build a native one, built without a Python-level call (a NamedTuple's
+    constructor is one, on every Check)."""
+
+    __slots__ = OUTCOME_FIELDS
+
+    def __init__(
+        self,
+        allowed: bool,
+        reason: Reason,
+        status: int,  # HTTP status: 200, or the denial's 401/403/429
+        tenant: str = "",
+        policy: str = "",
+        rule: int = -1,
+        principal: str = "",
+        request_principal: str = "",
+        detail: str = "",  # for logs only, never sent to the client
+        headers_to_add: tuple[tuple[str, str], ...] = (),
+        headers_to_remove: tuple[str, ...] = (),
+        audits: tuple[str, ...] = (),
+        shadow: ShadowResult | None = None,
+        jwt_cache_hit: bool | None = None,
+        version: str = "",
+        ratelimit: str = "",  # the RateLimit that decided (``<name>/<index>``), "" when none
+        client_headers: tuple[tuple[str, str], ...] = (),  # for the client's response
+    ) -> None:
+        self.allowed: Final = allowed
+        self.reason: Final = reason
+        self.status: Final = status
+        self.tenant: Final = tenant
+        self.policy: Final = policy
+        self.rule: Final = rule
+        self.principal: Final = principal
+        self.request_principal: Final = request_principal
+        self.detail: Final = detail
+        self.headers_to_add: Final = headers_to_add
+        self.headers_to_remove: Final = headers_to_remove
+        self.audits: Final = audits
+        self.shadow: Final = shadow
+        self.jwt_cache_hit: Final = jwt_cache_hit
+        self.version: Final = version
+        self.ratelimit: Final = ratelimit
+        self.client_headers: Final = client_headers
+
+    def replace(self, **changes: Any) -> Outcome:
+        """A copy with ``changes`` (field names) applied."""
+        unknown = changes.keys() - set(OUTCOME_FIELDS)
+        if unknown:
+            raise TypeError(f"Outcome has no field {sorted(unknown)[0]!r}")
+        values = {name: getattr(self, name) for name in OUTCOME_FIELDS}
+        values.update(changes)
+        return Outcome(**values)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Outcome):
+            return NotImplemented
+        return same_fields(self, other, OUTCOME_FIELDS)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, name) for name in OUTCOME_FIELDS))
+
+    def __repr__(self) -> str:
+        return described(self, OUTCOME_FIELDS)
 
 
 def deny(

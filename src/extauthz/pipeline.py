@@ -134,9 +134,9 @@ class CheckPipeline:
         if decision is None:
             return outcome
         if decision.admitted:
-            return outcome._replace(ratelimit=decision.limit, client_headers=decision.headers)
+            return outcome.replace(ratelimit=decision.limit, client_headers=decision.headers)
         reason = Reason.RATELIMIT_UNAVAILABLE if decision.outage else Reason.RATE_LIMITED
-        return outcome._replace(
+        return outcome.replace(
             allowed=False,
             reason=reason,
             status=429,
@@ -166,7 +166,7 @@ class CheckPipeline:
                 add.append((HEADER_REQUEST_PRINCIPAL, request_principal))
             add.extend(authn.headers_to_add)
             remove = _removals(add, authn.headers_to_remove)
-        # Positional: a NamedTuple built with keywords costs twice as much, on every Check.
+        # Positional: keywords cost more in the pure build, on every Check.
         return Outcome(
             result.allowed,
             result.reason,

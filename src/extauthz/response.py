@@ -18,7 +18,9 @@ Envoy's reads one response with every field of the kept one and ``decision_id``)
 
 from __future__ import annotations
 
+import operator
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 from envoy.config.core.v3 import base_pb2
@@ -27,9 +29,16 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2
 
-from extauthz.outcome import Outcome
+from extauthz.outcome import OUTCOME_FIELDS, Outcome
 
-__all__ = ["DENY_FALLBACK", "InvalidHeader", "build_response", "encode_response", "metadata_of"]
+__all__ = [
+    "DENY_FALLBACK",
+    "KEY_FIELDS",
+    "InvalidHeader",
+    "build_response",
+    "encode_response",
+    "metadata_of",
+]
 
 _OVERWRITE: Final = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _BODY: Final = {401: "unauthorized\n", 403: "access denied\n", 429: "too many requests\n"}
@@ -86,10 +95,10 @@ def encode_response(outcome: Outcome, decision_id: str) -> bytes:
     is serialized once (``_Templates``); the bytes returned parse to the response
     ``_build(outcome, decision_id)`` makes (tests/test_response_templates.py).
     """
-    key = outcome[:_DETAIL] + outcome[_DETAIL + 1 : _CACHE_HIT] + outcome[_CACHE_HIT + 1 : _CLIENT]
+    key = _response_key(outcome)
     template = _templates.get(key)
     if template is None:
-        template = _template(outcome._replace(client_headers=()))
+        template = _template(outcome.replace(client_headers=()))
         _templates.put(key, template)
     if outcome.client_headers:  # RateLimit headers: their counts change with every Check
         extra = external_auth_pb2.CheckResponse()
@@ -233,13 +242,14 @@ class _Templates:
         return self._bytes
 
 
-# The two Outcome fields a response never carries, left out of the template key ...
-_DETAIL: Final = Outcome._fields.index("detail")
-_CACHE_HIT: Final = Outcome._fields.index("jwt_cache_hit")
-# ... and the one added to each copy (RateLimit headers change with every Check).
-_CLIENT: Final = Outcome._fields.index("client_headers")
-if not _DETAIL < _CACHE_HIT < _CLIENT:  # the key's slices read them in this order
-    raise ImportError("Outcome: detail, jwt_cache_hit, client_headers must keep their order")
+# The template key: every Outcome field but the two a response never carries and the one
+# added to each copy (RateLimit headers change with every Check). Taken from OUTCOME_FIELDS,
+# so a field added to Outcome is in the key unless it is named here.
+_NOT_IN_KEY: Final = frozenset({"detail", "jwt_cache_hit", "client_headers"})
+if _NOT_IN_KEY - set(OUTCOME_FIELDS):
+    raise ImportError(f"Outcome has no field {sorted(_NOT_IN_KEY - set(OUTCOME_FIELDS))}")
+KEY_FIELDS: Final = tuple(name for name in OUTCOME_FIELDS if name not in _NOT_IN_KEY)
+_response_key: Final[Callable[[Outcome], tuple[object, ...]]] = operator.attrgetter(*KEY_FIELDS)
 _templates: Final = _Templates(entries=4096, max_bytes=8 * 1024 * 1024, max_entry_bytes=16 * 1024)
 
 
