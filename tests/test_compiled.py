@@ -136,7 +136,7 @@ def test_compiled_server_answers_like_the_pure_one(
 
 # Unit tests that exercise the compiled modules directly (decoder, identity, pipeline, the
 # policy engine and its sharing of matchers, the token path, the response, the answer with its
-# failure paths, the counts), run against the compiled build.
+# failure paths, the counts, the decision log and its masking), run against the compiled build.
 UNIT_TESTS = (
     "tests/test_policy_sharing.py",
     "tests/test_policy_fields.py",
@@ -151,6 +151,9 @@ UNIT_TESTS = (
     "tests/test_response_templates.py",
     "tests/test_servicer.py",
     "tests/test_telemetry_counts.py",
+    "tests/test_decision_log.py",
+    "tests/test_decision_masking.py",
+    "tests/test_decision_record.py",
 )
 
 

@@ -37,6 +37,7 @@ MODULES: Final = (
     "src/extauthz/pipeline.py",
     "src/extauthz/response.py",
     "src/extauthz/telemetry_counts.py",
+    "src/extauthz/decisionlog.py",
     "src/extauthz/answer.py",
 )
 
