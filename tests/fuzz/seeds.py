@@ -1,11 +1,16 @@
-"""Write the seed corpora into tests/fuzz/corpus/<harness>/ (``python -m tests.fuzz.seeds``).
+"""Write the seed corpora into tests/fuzz/corpus/<harness>/.
 
-The seeds are committed; run this again after changing the example requests or policies.
+``python -m tests.fuzz.seeds [HARNESS ...]`` (all harnesses without a name). The seeds are
+committed; run it again for ``check`` after changing the example requests, for
+``documents`` after changing the policies. A harness's ``seed-*`` files are replaced by the
+ones made now. Every harness's seeds are the same bytes from run to run except ``jwt``'s
+(an ES256 signature is randomized): regenerate those only when their claims change.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 from envoy.service.auth.v3 import external_auth_pb2
@@ -21,7 +26,7 @@ def check_seeds() -> list[bytes]:
     out = []
     for path in sorted((REPO / "examples" / "requests").glob("*.json")):
         req = json_format.Parse(path.read_text(), external_auth_pb2.CheckRequest())
-        out.append(b"\x00" + req.SerializeToString())
+        out.append(b"\x00" + req.SerializeToString(deterministic=True))
     # a request as Envoy sends it (time, scheme, protocol, size, a body): read from its bytes
     envoy = envoy_request(
         host="orders.acme.example.com",
@@ -31,7 +36,7 @@ def check_seeds() -> list[bytes]:
         body="{}",
         context_extensions={"route": "r1"},
     )
-    out.append(b"\x00" + envoy.SerializeToString())
+    out.append(b"\x00" + envoy.SerializeToString(deterministic=True))
     out += [b"\x01" + bytes(range(64)), b"\x03" + b"\xff" * 64]
     return out
 
@@ -108,12 +113,22 @@ SEEDS = {
 
 
 def write(folder: Path, seeds: list[bytes]) -> None:
+    """``seeds`` as ``seed-<sha1>`` files in ``folder``, in place of its earlier ``seed-*``
+    files (other files, a finding kept by hand, stay)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for seed in seeds:
-        (folder / f"seed-{hashlib.sha1(seed).hexdigest()[:16]}").write_bytes(seed)
+    names = {f"seed-{hashlib.sha1(seed).hexdigest()[:16]}": seed for seed in seeds}
+    for stale in folder.glob("seed-*"):
+        if stale.name not in names:
+            stale.unlink()
+    for name, seed in names.items():
+        (folder / name).write_bytes(seed)
 
 
 if __name__ == "__main__":
-    for name, make in SEEDS.items():
-        write(CORPUS / name, make())
+    chosen = sys.argv[1:] or list(SEEDS)
+    unknown = [name for name in chosen if name not in SEEDS]
+    if unknown:
+        raise SystemExit(f"no harness {unknown[0]!r}; harnesses: {', '.join(SEEDS)}")
+    for name in chosen:
+        write(CORPUS / name, SEEDS[name]())
         print(name, len(list((CORPUS / name).iterdir())))
