@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from extauthz import pipeline as pipeline_module
 from extauthz.authn import JwksCache
 from extauthz.catalog import DeferredSource
 from extauthz.decode import decode
@@ -15,7 +16,12 @@ from extauthz.model import RequestView
 from extauthz.options import CheckOptions
 from extauthz.outcome import Outcome
 from extauthz.pathnorm import PathNormalization
-from extauthz.pipeline import HEADER_PRINCIPAL, HEADER_TENANT, CheckPipeline
+from extauthz.pipeline import (
+    HEADER_PRINCIPAL,
+    HEADER_REQUEST_PRINCIPAL,
+    HEADER_TENANT,
+    CheckPipeline,
+)
 from extauthz.pipeline import route as pipeline_route
 from extauthz.registry import Registry, Snapshot
 from extauthz.sources import TenantSource
@@ -107,6 +113,36 @@ def test_bad_token_is_401() -> None:
     outcome = decide(snap, host="shop.test", path="/open/x", headers=good)
     assert outcome.allowed
     assert ("x-user", "alice") in outcome.headers_to_add
+
+
+def test_allowed_headers_are_each_requests_own_through_the_memo() -> None:
+    """One pipeline allowing many requests, peers and users alternating (each seen again,
+    so most are answered from the headers kept for them) and the kept set filled past its
+    bound: each allow carries its own principal and user, never another request's."""
+    issuer = Issuer()
+    snap = snapshot(
+        tenant_yaml("shop", match="{hosts: [shop.test]}", issuer=issuer),
+        "---\n",
+        policy_yaml("reads", "shop", READS),
+    )
+    tokens = {user: "Bearer " + issuer.token(sub=user) for user in ("alice", "bob")}
+    pipeline = CheckPipeline()
+    seen = set()
+    for n in range(pipeline_module._HEADERS_MEMO + 400):
+        peer = f"spiffe://cluster.local/ns/shop/sa/w{n % 3 if n < 300 else n}"
+        user = ("alice", "bob")[n % 2]
+        seen.add((peer, user))
+        headers = {"authorization": tokens[user], HEADER_PRINCIPAL: "forged"}
+        request = check_request(host="shop.test", path="/open/x", principal=peer, headers=headers)
+        outcome = pipeline(snap, decode(request))
+        assert outcome.allowed
+        added = dict(outcome.headers_to_add)
+        assert added[HEADER_PRINCIPAL] == peer
+        assert added[HEADER_REQUEST_PRINCIPAL] == f"{issuer.iss}/{user}"
+        assert added["x-user"] == user
+        assert "authorization" in outcome.headers_to_remove
+    assert len(seen) > pipeline_module._HEADERS_MEMO  # the kept set was emptied on the way
+    assert 0 < len(pipeline._headers) < pipeline_module._HEADERS_MEMO
 
 
 def test_path_normalization_option() -> None:

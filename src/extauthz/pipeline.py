@@ -51,6 +51,10 @@ OWN_HEADERS: Final = (HEADER_TENANT, HEADER_PRINCIPAL, HEADER_REQUEST_PRINCIPAL)
 _PARSED_CACHE: Final = 4096
 _MEMO_MAX_CHARS: Final = 256
 _MAX_IP_CHARS: Final = 64  # the longest IPv6 text with a zone id is shorter
+# The headers of an allow (set and removed), by what they are made of: emptied when full.
+# An entry holds references to strings and tuples the request and the token cache hold too.
+_HEADERS_MEMO: Final = 4096
+_Headers = tuple[tuple[tuple[str, str], ...], tuple[str, ...]]
 
 
 class CheckPipeline:
@@ -64,6 +68,7 @@ class CheckPipeline:
         self._hops = options.xff_num_trusted_hops
         self._paths = options.path_normalization
         self._clock = options.clock
+        self._headers: dict[tuple[object, ...], _Headers] = {}
 
     def __call__(self, snapshot: Snapshot, view: RequestView) -> Outcome:
         return self.trace(snapshot, view)[0]
@@ -156,16 +161,23 @@ class CheckPipeline:
     ) -> Outcome:
         name = tenant.name
         request_principal = authn.request_principal or ""
-        add: list[tuple[str, str]] = []
+        add: tuple[tuple[str, str], ...] = ()
         remove: tuple[str, ...] = ()
         if result.allowed:
-            add.append((HEADER_TENANT, name))
-            if principal:
-                add.append((HEADER_PRINCIPAL, principal))
-            if request_principal:
-                add.append((HEADER_REQUEST_PRINCIPAL, request_principal))
-            add.extend(authn.headers_to_add)
-            remove = _removals(add, authn.headers_to_remove)
+            key = (
+                name,
+                principal,
+                request_principal,
+                authn.headers_to_add,
+                authn.headers_to_remove,
+            )
+            headers = self._headers.get(key)
+            if headers is None:
+                headers = _allowed_headers(name, principal, request_principal, authn)
+                if len(self._headers) >= _HEADERS_MEMO:
+                    self._headers.clear()
+                self._headers[key] = headers
+            add, remove = headers
         # Positional: keywords cost more in the pure build, on every Check.
         return Outcome(
             result.allowed,
@@ -177,7 +189,7 @@ class CheckPipeline:
             principal,
             request_principal,
             "" if result.allowed else result.policy or "no ALLOW policy matched",  # detail
-            tuple(add),  # headers_to_add
+            add,  # headers_to_add
             remove,  # headers_to_remove
             tuple([f"{a.policy}[{a.rule}]" for a in result.audits]) if result.audits else (),
             result.shadow,
@@ -219,6 +231,19 @@ def route(
             return tenant, None, ""
     routing = snapshot.route(view, dest_ns)
     return routing.tenant, routing.refusal, routing.detail
+
+
+def _allowed_headers(
+    tenant: str, principal: str, request_principal: str, authn: AuthnResult
+) -> _Headers:
+    """The headers an allow sets for the upstream, and those it removes."""
+    add: list[tuple[str, str]] = [(HEADER_TENANT, tenant)]
+    if principal:
+        add.append((HEADER_PRINCIPAL, principal))
+    if request_principal:
+        add.append((HEADER_REQUEST_PRINCIPAL, request_principal))
+    add.extend(authn.headers_to_add)
+    return tuple(add), _removals(add, authn.headers_to_remove)
 
 
 def _removals(added: list[tuple[str, str]], token_headers: tuple[str, ...]) -> tuple[str, ...]:
