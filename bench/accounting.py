@@ -11,7 +11,9 @@ alternate which server is loaded first with ``--concurrency`` Checks in flight
 all threads (``/proc/PID/stat`` utime + stime, and per thread name from ``/proc/PID/task``),
 garbage-collector collections (``gc.get_stats`` in the server), and the Checks completed.
 Reported: medians over rounds of CPU us per Check, the same per thread, and collections per
-1,000 Checks. Then ``perf record -e cpu-clock`` (``--perf`` seconds, 0 to skip) on each server
+1,000 Checks. ``--sized-bare`` adds the bare server answering with a response of extauthz's
+size (``bare_server.py --response-bytes``): what the response's size costs, apart from
+everything else. Then ``perf record -e cpu-clock`` (``--perf`` seconds, 0 to skip) on each server
 under the same load gives the CPU per Check by shared object and the top native symbols, in
 us per Check (share of samples x CPU per Check).
 
@@ -189,6 +191,13 @@ def load_part(args: argparse.Namespace) -> str:
         metrics = f"127.0.0.1:{free_port()}"
         return extauthz_argv(workload.POLICIES, "--metrics-listen", metrics)(address)
 
+    if args.sized_bare:  # the bare server answering with a response as large as ours
+        size = len(served_bench().served())
+
+        def sized(address: str) -> list[str]:
+            return [*bare_argv(address), "--response-bytes", str(size)]
+
+        argvs[f"bare-{size}B"] = (sized, None)
     argvs["extauthz"] = (serve, None)
     if args.reference_src:
         argvs["extauthz-ref"] = (serve, {"PYTHONPATH": str(args.reference_src)})
@@ -571,6 +580,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perf", type=float, default=3.0, help="perf seconds per server")
     parser.add_argument("--checks", type=int, default=20_000, help="in-process Checks")
     parser.add_argument("--reference-src", type=Path, help="also run extauthz from this src/")
+    parser.add_argument(
+        "--sized-bare",
+        action="store_true",
+        help="load: also the bare server answering with a response of extauthz's size",
+    )
     parser.add_argument("--callgrind-checks", type=int, default=300, help="calls per count")
     parser.add_argument(
         "--callgrind-stages",

@@ -6,6 +6,12 @@ returns a prebuilt ``CheckResponse(status OK)`` without reading the request. Wha
 costs is measured against this server in the same run, on the same machine.
 
     python bench/bare_server.py --listen 127.0.0.1:9292
+    python bench/bare_server.py --response-bytes 520   # a response as large as extauthz's
+
+``--response-bytes N`` answers every Check with the same N serialized bytes: status OK and a
+``dynamic_metadata`` field padded to that size, sent as they are (no serializer, as extauthz
+sends its response), the request still parsed. Against the plain bare server it measures what
+a response of that size costs the gRPC runtime and the kernel (``accounting.py --sized-bare``).
 """
 
 from __future__ import annotations
@@ -33,9 +39,46 @@ class BareAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: 
         return OK
 
 
-async def serve(listen: str) -> None:
+def padded_response(size: int) -> bytes:
+    """CheckResponse(status OK) with a ``dynamic_metadata`` string padded to ``size`` bytes."""
+    response = external_auth_pb2.CheckResponse()
+    response.status.code = code_pb2.OK
+    if size <= len(response.SerializeToString()):
+        raise SystemExit(f"--response-bytes {size}: the smallest response is larger")
+    pad = response.dynamic_metadata.fields["pad"]
+    for n in range(size, -1, -1):  # the first fill that fits (a length prefix may shrink)
+        pad.string_value = "x" * n
+        data: bytes = response.SerializeToString()
+        if len(data) <= size:
+            break
+    if len(data) != size:
+        raise SystemExit(f"--response-bytes {size}: no padding gives exactly that size")
+    return data
+
+
+def add_sized(server: grpc.aio.Server, data: bytes) -> None:
+    """Check answered with ``data`` as it is; the request parsed, as the bare server's is."""
+
+    async def check(request: external_auth_pb2.CheckRequest, context: Any) -> bytes:
+        return data
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        check,
+        request_deserializer=external_auth_pb2.CheckRequest.FromString,
+        response_serializer=None,
+    )
+    service = "envoy.service.auth.v3.Authorization"
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, {"Check": handler}),)
+    )
+
+
+async def serve(listen: str, response_bytes: int = 0) -> None:
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(BareAuthorization(), server)
+    if response_bytes:
+        add_sized(server, padded_response(response_bytes))
+    else:
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(BareAuthorization(), server)
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -53,13 +96,16 @@ async def serve(listen: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="bare grpc.aio Authorization/Check server")
     parser.add_argument("--listen", default="127.0.0.1:9292", help="HOST:PORT")
+    parser.add_argument(
+        "--response-bytes", type=int, default=0, help="answer with a response of this size"
+    )
     args = parser.parse_args(argv)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.listen))
+        asyncio.run(serve(args.listen, args.response_bytes))
     else:
-        uvloop.run(serve(args.listen))
+        uvloop.run(serve(args.listen, args.response_bytes))
     return 0
 
 
