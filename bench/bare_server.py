@@ -62,7 +62,7 @@ def add_sized(server: grpc.aio.Server, data: bytes) -> None:
     async def check(request: external_auth_pb2.CheckRequest, context: Any) -> bytes:
         return data
 
-    handler = grpc.unary_unary_rpc_method_handler(
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
         check,
         request_deserializer=external_auth_pb2.CheckRequest.FromString,
         response_serializer=None,
