@@ -12,6 +12,7 @@ when ``include_tls_session`` makes Envoy send it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import socket
@@ -19,6 +20,7 @@ import ssl
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import pytest
 import yaml
@@ -301,21 +303,44 @@ def _rbac_bootstrap(port: int, admin: int) -> dict[str, object]:
     }
 
 
+def _rbac_envoy(directory: Path) -> tuple[subprocess.Popen[bytes], IO[bytes], int]:
+    """Envoy on ``_rbac_bootstrap``, ready: the process, its log and its port. Started again
+    on new ports (up to three times) when one was taken before Envoy bound it."""
+    for attempt in range(3):
+        port, admin = free_port(), free_port()
+        config = directory / f"rbac-{attempt}.yaml"
+        config.write_text(yaml.safe_dump(_rbac_bootstrap(port, admin)))
+        log_path = directory / f"rbac-{attempt}.log"
+        log = log_path.open("wb")
+        proc = subprocess.Popen(
+            [envoy_binary(), "-c", str(config), "--disable-hot-restart", "-l", "warning"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(functools.partial(_rbac_ready, proc, admin), 20, what="rbac envoy")
+        except RuntimeError:
+            stop_process(proc)
+            log.close()
+            if "Address already in use" not in log_path.read_text() or attempt == 2:
+                raise
+            continue
+        return proc, log, port
+    raise AssertionError("unreachable")
+
+
+def _rbac_ready(proc: subprocess.Popen[bytes], admin: int) -> bool:
+    if proc.poll() is not None:
+        raise RuntimeError(f"rbac envoy exited with {proc.returncode}")
+    return envoy_ready(admin)
+
+
 def test_envoy_rbac_matches_any_repeated_value(tmp_path: Path) -> None:
     """Envoy's own RBAC denies a repeated header with one denied value; so does evaluate."""
-    port, admin = free_port(), free_port()
-    config = tmp_path / "rbac.yaml"
-    config.write_text(yaml.safe_dump(_rbac_bootstrap(port, admin)))
-    log = (tmp_path / "rbac.log").open("wb")
-    proc = subprocess.Popen(
-        [envoy_binary(), "-c", str(config), "--disable-hot-restart", "-l", "warning"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     policy = POLICIES.split("---\n")[1]
     compiled = compile_policies(load_documents(policy, "deny.yaml"))
+    proc, log, port = _rbac_envoy(tmp_path)
     try:
-        wait_for(lambda: envoy_ready(admin), 20, what="rbac envoy")
         for values in (["1"], ["0"], ["0", "1"], ["1", "0"], ["0", "2"], ["2", "1", "0"]):
             envoy_allows = send(port, "/", [("x-block", v) for v in values])[0] == 200
             subject = Subject(method="GET", path="/", headers={"x-block": ",".join(values)})

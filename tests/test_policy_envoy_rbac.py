@@ -20,6 +20,7 @@ to an IP address) and the absence of a peer certificate (the listener requires o
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import ipaddress
 import json
@@ -311,36 +312,49 @@ class Pki:
         return self.contexts[uri]
 
 
+def _ready(proc: subprocess.Popen[bytes], log_path: Path, admin: int) -> bool:
+    if proc.poll() is not None:
+        raise RuntimeError(f"envoy exited: {log_path.read_text(errors='replace')}")
+    return envoy_ready(admin)
+
+
 @contextlib.contextmanager
 def _envoy(directory: Path, cases: list[Case], pki: Pki) -> Iterator[None]:
-    admin = free_port()
-    bootstrap = {
-        "admin": {"address": {"socket_address": {"address": LOCAL, "port_value": admin}}},
-        "static_resources": {"listeners": [_listener(c, pki) for c in cases]},
-    }
-    config = directory / "envoy-rbac.json"
-    config.write_text(json.dumps(bootstrap))
-    log_path = directory / "envoy-rbac.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                *(str(ENVOY), "-c", str(config)),
-                *("--disable-hot-restart", "--concurrency", "1", "-l", "warning"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-
-            def ready() -> bool:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"envoy exited: {log_path.read_text(errors='replace')}")
-                return envoy_ready(admin)
-
-            wait_for(ready, 30, what="envoy with the RBAC listeners")
-            yield
-        finally:
-            stop_process(proc)
+    """Envoy with a listener per case. ``free_port`` finds ports free, and another process
+    can take one before Envoy binds: then every case gets a new port and Envoy starts again,
+    up to three times."""
+    for attempt in range(3):
+        admin = free_port()
+        bootstrap = {
+            "admin": {"address": {"socket_address": {"address": LOCAL, "port_value": admin}}},
+            "static_resources": {"listeners": [_listener(c, pki) for c in cases]},
+        }
+        config = directory / "envoy-rbac.json"
+        config.write_text(json.dumps(bootstrap))
+        log_path = directory / f"envoy-rbac-{attempt}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [
+                    *(str(ENVOY), "-c", str(config)),
+                    *("--disable-hot-restart", "--concurrency", "1", "-l", "warning"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                ready = functools.partial(_ready, proc, log_path, admin)
+                try:
+                    wait_for(ready, 30, what="envoy with the RBAC listeners")
+                except RuntimeError as exc:
+                    if "Address already in use" not in str(exc) or attempt == 2:
+                        raise
+                    for case in cases:
+                        case.port = free_port()
+                    continue
+                yield
+                return
+            finally:
+                stop_process(proc)
 
 
 @pytest.fixture(scope="module")
