@@ -116,9 +116,9 @@ def test_bad_token_is_401() -> None:
 
 
 def test_allowed_headers_are_each_requests_own_through_the_memo() -> None:
-    """One pipeline allowing many requests, peers and users alternating (each seen again,
-    so most are answered from the headers kept for them) and the kept set filled past its
-    bound: each allow carries its own principal and user, never another request's."""
+    """One pipeline allowing many requests, peers and users alternating (each seen again, so
+    most are answered from the headers kept for them), more of them than are kept: each
+    allow carries its own principal and user, never another request's."""
     issuer = Issuer()
     snap = snapshot(
         tenant_yaml("shop", match="{hosts: [shop.test]}", issuer=issuer),
@@ -128,7 +128,9 @@ def test_allowed_headers_are_each_requests_own_through_the_memo() -> None:
     tokens = {user: "Bearer " + issuer.token(sub=user) for user in ("alice", "bob")}
     pipeline = CheckPipeline()
     seen = set()
-    for n in range(pipeline_module._HEADERS_MEMO + 400):
+    bound = pipeline_module._PARSED_CACHE
+    pipeline_module._allowed_headers_memo.cache_clear()
+    for n in range(bound + 400):
         peer = f"spiffe://cluster.local/ns/shop/sa/w{n % 3 if n < 300 else n}"
         user = ("alice", "bob")[n % 2]
         seen.add((peer, user))
@@ -141,8 +143,10 @@ def test_allowed_headers_are_each_requests_own_through_the_memo() -> None:
         assert added[HEADER_REQUEST_PRINCIPAL] == f"{issuer.iss}/{user}"
         assert added["x-user"] == user
         assert "authorization" in outcome.headers_to_remove
-    assert len(seen) > pipeline_module._HEADERS_MEMO  # the kept set was emptied on the way
-    assert 0 < len(pipeline._headers) < pipeline_module._HEADERS_MEMO
+    kept = pipeline_module._allowed_headers_memo.cache_info()
+    assert len(seen) > bound  # more than it keeps: some were evicted on the way
+    assert kept.hits > 0
+    assert kept.currsize == bound
 
 
 def test_path_normalization_option() -> None:

@@ -51,9 +51,6 @@ OWN_HEADERS: Final = (HEADER_TENANT, HEADER_PRINCIPAL, HEADER_REQUEST_PRINCIPAL)
 _PARSED_CACHE: Final = 4096
 _MEMO_MAX_CHARS: Final = 256
 _MAX_IP_CHARS: Final = 64  # the longest IPv6 text with a zone id is shorter
-# The headers of an allow (set and removed), by what they are made of: emptied when full.
-# An entry holds references to strings and tuples the request and the token cache hold too.
-_HEADERS_MEMO: Final = 4096
 _Headers = tuple[tuple[tuple[str, str], ...], tuple[str, ...]]
 
 
@@ -68,7 +65,6 @@ class CheckPipeline:
         self._hops = options.xff_num_trusted_hops
         self._paths = options.path_normalization
         self._clock = options.clock
-        self._headers: dict[tuple[object, ...], _Headers] = {}
 
     def __call__(self, snapshot: Snapshot, view: RequestView) -> Outcome:
         return self.trace(snapshot, view)[0]
@@ -164,20 +160,11 @@ class CheckPipeline:
         add: tuple[tuple[str, str], ...] = ()
         remove: tuple[str, ...] = ()
         if result.allowed:
-            key = (
-                name,
-                principal,
-                request_principal,
-                authn.headers_to_add,
-                authn.headers_to_remove,
+            # memoized as the parsed identities are: by entries, and by the principal's length
+            build = _allowed_headers_memo if len(principal) <= _MEMO_MAX_CHARS else _allowed_headers
+            add, remove = build(
+                name, principal, request_principal, authn.headers_to_add, authn.headers_to_remove
             )
-            headers = self._headers.get(key)
-            if headers is None:
-                headers = _allowed_headers(name, principal, request_principal, authn)
-                if len(self._headers) >= _HEADERS_MEMO:
-                    self._headers.clear()
-                self._headers[key] = headers
-            add, remove = headers
         # Positional: keywords cost more in the pure build, on every Check.
         return Outcome(
             result.allowed,
@@ -234,7 +221,11 @@ def route(
 
 
 def _allowed_headers(
-    tenant: str, principal: str, request_principal: str, authn: AuthnResult
+    tenant: str,
+    principal: str,
+    request_principal: str,
+    token_headers_to_add: tuple[tuple[str, str], ...],
+    token_headers_to_remove: tuple[str, ...],
 ) -> _Headers:
     """The headers an allow sets for the upstream, and those it removes."""
     add: list[tuple[str, str]] = [(HEADER_TENANT, tenant)]
@@ -242,14 +233,14 @@ def _allowed_headers(
         add.append((HEADER_PRINCIPAL, principal))
     if request_principal:
         add.append((HEADER_REQUEST_PRINCIPAL, request_principal))
-    add.extend(authn.headers_to_add)
-    return tuple(add), _removals(add, authn.headers_to_remove)
+    add.extend(token_headers_to_add)
+    return tuple(add), _removals(add, token_headers_to_remove)
 
 
 def _removals(added: list[tuple[str, str]], token_headers: tuple[str, ...]) -> tuple[str, ...]:
     """Our own headers that we do not set (a client's copy must not reach the upstream),
     and the token headers that are not forwarded. Set headers overwrite a client's copy."""
-    # Loops, not comprehensions: each comprehension costs a frame, on every allowed Check.
+    # Loops, not comprehensions: each comprehension costs a frame (pure build).
     names = set()
     for name, _ in added:
         names.add(name)
@@ -306,3 +297,6 @@ def _parse_namespace(destination_principal: str) -> str | None:
 _source_memo: Final = lru_cache(maxsize=_PARSED_CACHE)(_parse_source)
 _ip_memo: Final = lru_cache(maxsize=_PARSED_CACHE)(_parse_ip)
 _namespace_memo: Final = lru_cache(maxsize=_PARSED_CACHE)(_parse_namespace)
+# The headers of an allow, by what they are made of (the token's headers are the tuples the
+# token cache holds, so an entry adds references, not copies).
+_allowed_headers_memo: Final = lru_cache(maxsize=_PARSED_CACHE)(_allowed_headers)
