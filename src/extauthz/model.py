@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-__all__ = ["IPAddress", "RequestView", "Subject", "described", "same_fields", "utc_now"]
+__all__ = [
+    "IPAddress",
+    "RequestView",
+    "Subject",
+    "described",
+    "fields_hash",
+    "same_fields",
+    "utc_now",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NONE: Final[Mapping[str, str]] = MappingProxyType({})
@@ -169,6 +177,11 @@ class Subject:
 def same_fields(a: object, b: object, names: tuple[str, ...]) -> bool:
     """Whether ``a`` and ``b`` hold equal values in each attribute ``names`` lists."""
     return all(getattr(a, name) == getattr(b, name) for name in names)
+
+
+def fields_hash(value: object, names: tuple[str, ...]) -> int:
+    """The hash of the values of the attributes ``names`` lists (equal for ``same_fields``)."""
+    return hash(tuple([getattr(value, name) for name in names]))
 
 
 def described(value: object, names: tuple[str, ...]) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from extauthz.errors import Reason
-from extauthz.model import described, same_fields
+from extauthz.model import described, fields_hash, same_fields
 from extauthz.policy import ShadowResult
 
 __all__ = [
@@ -49,6 +49,8 @@ OUTCOME_FIELDS: Final = (
     "ratelimit",
     "client_headers",
 )
+
+_FIELD_NAMES: Final = frozenset(OUTCOME_FIELDS)
 
 
 class Outcome:
@@ -99,7 +101,7 @@ class Outcome:
 
     def replace(self, **changes: Any) -> Outcome:
         """A copy with ``changes`` (field names) applied."""
-        unknown = changes.keys() - set(OUTCOME_FIELDS)
+        unknown = changes.keys() - _FIELD_NAMES
         if unknown:
             raise TypeError(f"Outcome has no field {sorted(unknown)[0]!r}")
         values = {name: getattr(self, name) for name in OUTCOME_FIELDS}
@@ -112,7 +114,7 @@ class Outcome:
         return same_fields(self, other, OUTCOME_FIELDS)
 
     def __hash__(self) -> int:
-        return hash(tuple(getattr(self, name) for name in OUTCOME_FIELDS))
+        return fields_hash(self, OUTCOME_FIELDS)
 
     def __repr__(self) -> str:
         return described(self, OUTCOME_FIELDS)

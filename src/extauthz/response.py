@@ -246,8 +246,8 @@ class _Templates:
 # added to each copy (RateLimit headers change with every Check). Taken from OUTCOME_FIELDS,
 # so a field added to Outcome is in the key unless it is named here.
 _NOT_IN_KEY: Final = frozenset({"detail", "jwt_cache_hit", "client_headers"})
-if _NOT_IN_KEY - set(OUTCOME_FIELDS):
-    raise ImportError(f"Outcome has no field {sorted(_NOT_IN_KEY - set(OUTCOME_FIELDS))}")
+if not _NOT_IN_KEY.issubset(OUTCOME_FIELDS):
+    raise ImportError(f"Outcome has no field {sorted(_NOT_IN_KEY.difference(OUTCOME_FIELDS))}")
 KEY_FIELDS: Final = tuple(name for name in OUTCOME_FIELDS if name not in _NOT_IN_KEY)
 _response_key: Final[Callable[[Outcome], tuple[object, ...]]] = operator.attrgetter(*KEY_FIELDS)
 _templates: Final = _Templates(entries=4096, max_bytes=8 * 1024 * 1024, max_entry_bytes=16 * 1024)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from extauthz.errors import Reason
-from extauthz.model import Subject, described, same_fields
+from extauthz.model import Subject, described, fields_hash, same_fields
 from extauthz.policy.compile import ALLOW, AUDIT, DENY, GROUPS, CompiledPolicies, CompiledRule
 from extauthz.policy.matchers import Ctx
 
@@ -84,7 +84,7 @@ class PolicyResult:
         return same_fields(self, other, _RESULT_FIELDS)
 
     def __hash__(self) -> int:
-        return hash(tuple(getattr(self, name) for name in _RESULT_FIELDS))
+        return fields_hash(self, _RESULT_FIELDS)
 
     def __repr__(self) -> str:
         return described(self, _RESULT_FIELDS)
