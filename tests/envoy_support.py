@@ -33,15 +33,13 @@ CHECK_TIMEOUT = 1.0
 
 
 class EnvoyProcess:
-    """``envoy`` on a generated bootstrap; ``ready`` when its admin ``/ready`` says LIVE."""
+    """``envoy`` on the bootstrap file ``config`` (its log beside it); ``ready`` when its
+    admin ``/ready`` says LIVE. ``port``: its listener's, when it has one."""
 
-    def __init__(self, options: EnvoyOptions, directory: Path) -> None:
-        self.options = options
-        self.port = options.listen.port
-        directory.mkdir(parents=True, exist_ok=True)
-        config = directory / f"envoy-{self.port}.yaml"
-        config.write_text(render(options))
-        self.log_path = directory / f"envoy-{self.port}.log"
+    def __init__(self, config: Path, admin_port: int, port: int = 0) -> None:
+        self.port = port
+        self.admin_port = admin_port
+        self.log_path = config.with_suffix(".log")
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [
@@ -61,7 +59,7 @@ class EnvoyProcess:
     def ready(self) -> bool:
         if self.proc.poll() is not None:
             raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.logs()}")
-        return envoy_ready(self.options.admin_port)
+        return envoy_ready(self.admin_port)
 
     def logs(self) -> str:
         self._log.flush()
@@ -73,26 +71,45 @@ class EnvoyProcess:
 
 
 @contextlib.contextmanager
-def started_envoy(options: EnvoyOptions, directory: Path) -> Iterator[EnvoyProcess]:
-    """Envoy on ``options``, ready, stopped on exit. ``free_port`` finds a port free, and
-    another process (a client's outgoing connection) can take it before Envoy binds: then
-    Envoy starts again on new ports, up to three times."""
+def started(
+    launch: Callable[[int], EnvoyProcess], what: str, timeout: float = 20
+) -> Iterator[EnvoyProcess]:
+    """``launch(attempt)``'s Envoy, ready, stopped on exit. ``free_port`` finds a port free,
+    and another process (a client's outgoing connection) can take it before Envoy binds:
+    then ``launch`` is called again, for a next attempt on new ports, up to three times."""
     for attempt in range(3):
-        envoy = EnvoyProcess(options, directory)
+        envoy = launch(attempt)
         try:
-            wait_for(envoy.ready, 20, what=f"envoy on {options.listen}")
+            wait_for(envoy.ready, timeout, what=what)
         except RuntimeError as exc:
             envoy.stop()
             if "Address already in use" not in str(exc) or attempt == 2:
                 raise
-            listen = HostPort(options.listen.host, free_port())
-            options = dataclasses.replace(options, listen=listen, admin_port=free_port())
             continue
         try:
             yield envoy
         finally:
             envoy.stop()
         return
+
+
+@contextlib.contextmanager
+def started_envoy(options: EnvoyOptions, directory: Path) -> Iterator[EnvoyProcess]:
+    """Envoy on the bootstrap ``options`` render, ready, stopped on exit; a next attempt
+    (``started``) on new listener and admin ports."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def launch(attempt: int) -> EnvoyProcess:
+        nonlocal options
+        if attempt:
+            listen = HostPort(options.listen.host, free_port())
+            options = dataclasses.replace(options, listen=listen, admin_port=free_port())
+        config = directory / f"envoy-{options.listen.port}.yaml"
+        config.write_text(render(options))
+        return EnvoyProcess(config, options.admin_port, options.listen.port)
+
+    with started(launch, f"envoy on {options.listen}") as envoy:
+        yield envoy
 
 
 @contextlib.contextmanager

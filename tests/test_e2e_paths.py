@@ -17,10 +17,8 @@ import http.client
 import json
 import socket
 import ssl
-import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
 
 import pytest
 import yaml
@@ -31,16 +29,12 @@ from extauthz.envoyconfig import EnvoyOptions, HostPort, TlsFiles
 from extauthz.model import Subject
 from extauthz.pathnorm import PathNormalization, normalize_path
 from extauthz.policy import compile_policies, evaluate
-from tests.envoy_support import echo_upstream, started_envoy
+from tests.envoy_support import EnvoyProcess, echo_upstream, started, started_envoy
 from tests.helpers import (
     ServerProcess,
     check_request,
-    envoy_binary,
-    envoy_ready,
     free_port,
     serving,
-    stop_process,
-    wait_for,
 )
 from tests.pki import Issued, TestCA
 
@@ -303,44 +297,20 @@ def _rbac_bootstrap(port: int, admin: int) -> dict[str, object]:
     }
 
 
-def _rbac_envoy(directory: Path) -> tuple[subprocess.Popen[bytes], IO[bytes], int]:
-    """Envoy on ``_rbac_bootstrap``, ready: the process, its log and its port. Started again
-    on new ports (up to three times) when one was taken before Envoy bound it."""
-    for attempt in range(3):
-        port, admin = free_port(), free_port()
-        config = directory / f"rbac-{attempt}.yaml"
-        config.write_text(yaml.safe_dump(_rbac_bootstrap(port, admin)))
-        log_path = directory / f"rbac-{attempt}.log"
-        log = log_path.open("wb")
-        proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(config), "--disable-hot-restart", "-l", "warning"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for(functools.partial(_rbac_ready, proc, admin), 20, what="rbac envoy")
-        except RuntimeError:
-            stop_process(proc)
-            log.close()
-            if "Address already in use" not in log_path.read_text() or attempt == 2:
-                raise
-            continue
-        return proc, log, port
-    raise AssertionError("unreachable")
-
-
-def _rbac_ready(proc: subprocess.Popen[bytes], admin: int) -> bool:
-    if proc.poll() is not None:
-        raise RuntimeError(f"rbac envoy exited with {proc.returncode}")
-    return envoy_ready(admin)
+def _rbac_envoy(directory: Path, attempt: int) -> EnvoyProcess:
+    """An attempt (``started``) at an Envoy on ``_rbac_bootstrap``, on new ports."""
+    port, admin = free_port(), free_port()
+    config = directory / f"rbac-{attempt}.yaml"
+    config.write_text(yaml.safe_dump(_rbac_bootstrap(port, admin)))
+    return EnvoyProcess(config, admin, port)
 
 
 def test_envoy_rbac_matches_any_repeated_value(tmp_path: Path) -> None:
     """Envoy's own RBAC denies a repeated header with one denied value; so does evaluate."""
     policy = POLICIES.split("---\n")[1]
     compiled = compile_policies(load_documents(policy, "deny.yaml"))
-    proc, log, port = _rbac_envoy(tmp_path)
-    try:
+    with started(functools.partial(_rbac_envoy, tmp_path), "rbac envoy") as envoy:
+        port = envoy.port
         for values in (["1"], ["0"], ["0", "1"], ["1", "0"], ["0", "2"], ["2", "1", "0"]):
             envoy_allows = send(port, "/", [("x-block", v) for v in values])[0] == 200
             subject = Subject(method="GET", path="/", headers={"x-block": ",".join(values)})
@@ -350,9 +320,6 @@ def test_envoy_rbac_matches_any_repeated_value(tmp_path: Path) -> None:
         assert send(port, "/", [("x-block", "0,1")])[0] == 200
         joined = Subject(method="GET", path="/", headers={"x-block": "0,1"})
         assert not evaluate(compiled, joined).allowed
-    finally:
-        stop_process(proc)
-        log.close()
 
 
 def _get_with_sni(port: int, ca: TestCA, client: Issued, sni: str) -> int:

@@ -19,7 +19,6 @@ to an IP address) and the absence of a peer certificate (the listener requires o
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.client
 import ipaddress
@@ -27,7 +26,6 @@ import json
 import random
 import re
 import ssl
-import subprocess
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,7 +39,8 @@ import yaml
 from extauthz.documents import load_documents
 from extauthz.model import Subject
 from extauthz.policy import CompiledPolicies, compile_policies, evaluate
-from tests.helpers import Issuer, envoy_binary, envoy_ready, free_port, stop_process, wait_for
+from tests.envoy_support import EnvoyProcess, started
+from tests.helpers import Issuer, free_port
 from tests.pki import Issued, TestCA
 from tests.rbac_reference import (
     GOLDEN,
@@ -55,7 +54,6 @@ from tests.rbac_reference import (
 pytestmark = pytest.mark.envoy
 require_golden()
 
-ENVOY = envoy_binary()
 
 CASES = [
     "allow-empty-rule",
@@ -312,49 +310,20 @@ class Pki:
         return self.contexts[uri]
 
 
-def _ready(proc: subprocess.Popen[bytes], log_path: Path, admin: int) -> bool:
-    if proc.poll() is not None:
-        raise RuntimeError(f"envoy exited: {log_path.read_text(errors='replace')}")
-    return envoy_ready(admin)
-
-
-@contextlib.contextmanager
-def _envoy(directory: Path, cases: list[Case], pki: Pki) -> Iterator[None]:
-    """Envoy with a listener per case. ``free_port`` finds ports free, and another process
-    can take one before Envoy binds: then every case gets a new port and Envoy starts again,
-    up to three times."""
-    for attempt in range(3):
-        admin = free_port()
-        bootstrap = {
-            "admin": {"address": {"socket_address": {"address": LOCAL, "port_value": admin}}},
-            "static_resources": {"listeners": [_listener(c, pki) for c in cases]},
-        }
-        config = directory / "envoy-rbac.json"
-        config.write_text(json.dumps(bootstrap))
-        log_path = directory / f"envoy-rbac-{attempt}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    *(str(ENVOY), "-c", str(config)),
-                    *("--disable-hot-restart", "--concurrency", "1", "-l", "warning"),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                ready = functools.partial(_ready, proc, log_path, admin)
-                try:
-                    wait_for(ready, 30, what="envoy with the RBAC listeners")
-                except RuntimeError as exc:
-                    if "Address already in use" not in str(exc) or attempt == 2:
-                        raise
-                    for case in cases:
-                        case.port = free_port()
-                    continue
-                yield
-                return
-            finally:
-                stop_process(proc)
+def _envoy(directory: Path, cases: list[Case], pki: Pki, attempt: int) -> EnvoyProcess:
+    """An attempt (``started``) at an Envoy with a listener per case; after the first, every
+    case on a new port."""
+    if attempt:
+        for case in cases:
+            case.port = free_port()
+    admin = free_port()
+    bootstrap = {
+        "admin": {"address": {"socket_address": {"address": LOCAL, "port_value": admin}}},
+        "static_resources": {"listeners": [_listener(c, pki) for c in cases]},
+    }
+    config = directory / f"envoy-rbac-{attempt}.json"
+    config.write_text(json.dumps(bootstrap))
+    return EnvoyProcess(config, admin)
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +341,10 @@ def cases() -> dict[str, Case]:
 def envoy(
     tmp_path_factory: pytest.TempPathFactory, cases: dict[str, Case], pki: Pki
 ) -> Iterator[None]:
-    with _envoy(tmp_path_factory.mktemp("rbac-envoy"), list(cases.values()), pki):
+    launch = functools.partial(
+        _envoy, tmp_path_factory.mktemp("rbac-envoy"), list(cases.values()), pki
+    )
+    with started(launch, "envoy with the RBAC listeners", timeout=30):
         yield
 
 
