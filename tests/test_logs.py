@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from extauthz.decisionlog import mask_headers
-from extauthz.logs import configure_logging, flush_logging, redact
+from extauthz.logs import DECISION_LOGGER, configure_logging, flush_logging, log_decision, redact
 from extauthz.redaction import MASK, is_secret
 
 
@@ -73,3 +73,60 @@ def test_json_lines_on_stderr_with_secrets_masked(capfd: pytest.CaptureFixture[s
     assert lines[0]["level"] == "info"
     assert lines[1]["password"] == MASK
     assert "hunter2" not in json.dumps(lines)
+
+
+def _decision_fields() -> dict[str, object]:
+    return {
+        "decision_id": "id-7",
+        "decision": "deny",
+        "headers": {"accept": "json", "x-n": "2"},
+        "latency_ms": 0.25,
+        "session_key": "s-31337",  # a secret-named key: masked on either path
+    }
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_decision_line_is_the_line_structlog_writes(
+    capfd: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """log_decision renders outside structlog's stdlib bridge, and writes the same line as
+    a structlog record of the decision logger would (all but the time), in the order logged,
+    with what the context binds (a worker's number) and secret-named values masked."""
+    configure_logging("error", fmt)  # decision lines are written whatever the level says
+    try:
+        structlog.contextvars.bind_contextvars(worker=3)
+        structlog.get_logger(DECISION_LOGGER).info("decision", **_decision_fields())
+        logging.getLogger("extauthz.stdlib").error("between")
+        log_decision(_decision_fields())
+    finally:
+        structlog.contextvars.clear_contextvars()
+        flush_logging()
+    lines = [line for line in capfd.readouterr().err.splitlines() if line]
+    assert len(lines) == 3, lines
+    assert "between" in lines[1]
+    assert "s-31337" not in "".join(lines)
+    if fmt == "json":
+        bridged, direct = json.loads(lines[0]), json.loads(lines[2])
+        assert direct["worker"] == 3
+        assert direct["session_key"] == MASK
+        assert direct["logger"] == DECISION_LOGGER
+        assert direct["level"] == "info"
+        del bridged["timestamp"], direct["timestamp"]
+        assert list(direct.items()) == list(bridged.items())  # keys in the same order
+    else:
+        # console: "<time> [info     ] decision  ...": the same after the time
+        assert lines[2].split(" ", 1)[1] == lines[0].split(" ", 1)[1]
+        assert "worker=3" in lines[2]
+
+
+def test_a_decision_line_before_logging_is_configured_goes_through_structlog(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without configure_logging (a library user, a test), the line is structlog's own."""
+    flush_logging()
+    structlog.reset_defaults()
+    log_decision(_decision_fields())
+    out = capsys.readouterr().out
+    assert "decision" in out
+    assert "id-7" in out

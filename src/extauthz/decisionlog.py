@@ -28,8 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import Any, Final
 
-import structlog
-
+from extauthz.logs import log_decision
 from extauthz.model import RequestView
 from extauthz.outcome import Outcome, decision_record
 from extauthz.redaction import MASK, SECRET_PARAM_WORDS, is_secret
@@ -39,7 +38,6 @@ __all__ = ["MASK", "DecisionLog", "Mode", "mask_headers", "mask_jwts", "mask_pat
 # A base64url run: always matches (maybe empty), greedily, without backtracking.
 _B64URL_RUN: Final = re.compile(r"[A-Za-z0-9_-]*")
 _PARAM_SEPARATORS: Final = re.compile(r"([&;#])")
-LOGGER: Final = "extauthz.decision"
 
 
 class Mode(StrEnum):
@@ -156,13 +154,13 @@ class DecisionLog:
         *,
         sample: float = 1.0,
         mask: Iterable[str] = (),
-        logger: Any = None,
+        write: Callable[[dict[str, Any]], None] = log_decision,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.mode = Mode(mode)
         self.sample = min(1.0, max(0.0, sample))
         self._masked = _Masker(mask)
-        self._log = logger if logger is not None else structlog.get_logger(LOGGER)
+        self._write = write
         self._rng = rng
 
     def record(
@@ -178,7 +176,7 @@ class DecisionLog:
                 return
             if self.sample < 1.0 and self._rng() >= self.sample:
                 return
-        self._log.info("decision", **self.fields(outcome, view, decision_id, seconds))
+        self._write(self.fields(outcome, view, decision_id, seconds))
 
     def fields(
         self, outcome: Outcome, view: RequestView | None, decision_id: str, seconds: float
