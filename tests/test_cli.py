@@ -135,6 +135,29 @@ def test_check_text_shows_failed_field_of_nearest_rule() -> None:
     assert "when[0].values" in out.stdout
 
 
+def test_a_reader_that_stops_early_gets_no_traceback() -> None:
+    """``extauthz check ... | head -1``: the reader closes the pipe before the explanation is
+    written; the command ends quietly, with the status of a process ended by SIGPIPE."""
+    example = REPO / "examples" / "requests" / "acme-user-write-without-scope.json"
+    with subprocess.Popen(
+        [sys.executable, "-m", "extauthz", "check", "--policies", str(REPO / "policies"),
+         "--request", str(example)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:  # fmt: skip
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        proc.stdout.close()  # before the command has written anything
+        try:
+            stderr = proc.stderr.read()
+            code = proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    assert code == 141, stderr
+    assert stderr == ""
+
+
 def test_policies_from_environment(tmp_path: Path) -> None:
     """EXTAUTHZ_POLICIES stands in for --policies."""
     (tmp_path / "t.yaml").write_text(tenant_yaml("shop"))
