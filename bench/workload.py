@@ -14,7 +14,9 @@ all describe the same Check:
 The token is ``bench/policies/bench-token.jwt`` (expires in 2100). ``python bench/workload.py
 rekey`` signs a new one with a new throwaway key and writes the public JWKS into the tenant;
 the private key is never written anywhere. ``python bench/workload.py show`` prints the
-request as JSON.
+request as JSON; ``show --deny`` the same request as a ``DELETE``, which the tenant denies
+(no ALLOW policy matches) and two AUDIT policies match, so that its decision is always
+written to the decision log: a flood of denies (``grpc_load.py --request``).
 """
 
 from __future__ import annotations
@@ -50,11 +52,11 @@ def token() -> str:
     return TOKEN_FILE.read_text().strip()
 
 
-def headers(jwt: str) -> dict[str, str]:
+def headers(jwt: str, method: str = "GET") -> dict[str, str]:
     """The request headers as Envoy puts them in ``attributes.request.http.headers``."""
     return {
         ":authority": HOST,
-        ":method": "GET",
+        ":method": method,
         ":path": PATH,
         ":scheme": "https",
         "accept": "application/json",
@@ -74,8 +76,8 @@ def headers(jwt: str) -> dict[str, str]:
     }
 
 
-def check_request(jwt: str | None = None) -> external_auth_pb2.CheckRequest:
-    """The benchmark CheckRequest (allowed by DECIDING_POLICY)."""
+def check_request(jwt: str | None = None, method: str = "GET") -> external_auth_pb2.CheckRequest:
+    """The benchmark CheckRequest (allowed by DECIDING_POLICY; denied as a DELETE)."""
     req = external_auth_pb2.CheckRequest()
     a = req.attributes
     a.source.address.socket_address.address = "10.20.0.14"
@@ -87,13 +89,13 @@ def check_request(jwt: str | None = None) -> external_auth_pb2.CheckRequest:
     a.tls_session.sni = "outbound_.8080_._.orders-api.orders.svc.cluster.local"
     http = a.request.http
     http.id = "5f0c2a4e-9b1d-4c55-a1e2-3d4f5a6b7c8d"
-    http.method = "GET"
+    http.method = method
     http.host = HOST
     http.path = PATH
     http.scheme = "https"
     http.protocol = "HTTP/2"
     http.size = 0
-    for name, value in headers(jwt if jwt is not None else token()).items():
+    for name, value in headers(jwt if jwt is not None else token(), method).items():
         http.headers[name] = value
     return req
 
@@ -151,13 +153,15 @@ def rekey() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("show", help="print the benchmark CheckRequest as proto3 JSON")
+    show = sub.add_parser("show", help="print the benchmark CheckRequest as proto3 JSON")
+    show.add_argument("--deny", action="store_true", help="as a DELETE: denied and audited")
     sub.add_parser("rekey", help="new throwaway key: re-sign the token, rewrite the JWKS")
     args = parser.parse_args(argv)
     if args.command == "rekey":
         rekey()
     else:
-        sys.stdout.write(request_json(check_request()) + "\n")
+        request = check_request(method="DELETE" if args.deny else "GET")
+        sys.stdout.write(request_json(request) + "\n")
     return 0
 
 
