@@ -138,6 +138,7 @@ def test_metrics_listen(value: str | None, expected: str | None) -> None:
         ({"trusted_proxy_principals": ["not-spiffe"]}, "--trusted-proxy-principal"),
         ({"trusted_proxy_cidrs": ["10.0.0.0/33"]}, "--trusted-proxy-cidr"),
         ({"decision_log_sample": "2"}, "--decision-log-sample"),
+        ({"log_buffer": "0"}, "--log-buffer must be at least 1"),
         ({"policies": "/nonexistent"}, "--policies (EXTAUTHZ_POLICIES)"),
     ],
 )

@@ -230,7 +230,7 @@ def worker_main(settings: Settings, slot: int, conn: Connection) -> None:
     from extauthz.logs import configure_logging, flush_logging
     from extauthz.server import run_loop
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.log_buffer)
     structlog.contextvars.bind_contextvars(worker=slot)
     try:
         run_loop(_serve(settings, conn))

@@ -46,6 +46,7 @@ from extauthz.answer import Observer, no_observer
 from extauthz.authn import JwksCache
 from extauthz.catalog import CompiledTenant
 from extauthz.errors import Reason
+from extauthz.logs import dropped_records
 from extauthz.model import RequestView
 from extauthz.outcome import Outcome, decision_record
 from extauthz.ratelimit.limiter import LimiterStats
@@ -286,6 +287,12 @@ class Telemetry:
             "extauthz.ready", [self._observe_ready], description="1 once policies are loaded"
         )
         meter.create_observable_counter(
+            "extauthz.log.records.dropped",
+            [self._observe_log_drops],
+            description="Log records dropped because stderr was slower than the server"
+            " (--log-buffer full)",
+        )
+        meter.create_observable_counter(
             "extauthz.ratelimit.events",
             [self._observe_ratelimits],
             description="Rate limit decisions and syncs by event (outage_local, outage_deny, "
@@ -293,6 +300,9 @@ class Telemetry:
         )
 
     # A series appears once it has been counted, as it did with synchronous instruments.
+
+    def _observe_log_drops(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(dropped_records())]
 
     def _observe_checks(self, _: CallbackOptions) -> Iterable[Observation]:
         return [

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"extauthz serve: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.log_buffer)
     if settings.workers > 1:
         from extauthz.supervisor import Supervisor
 
