@@ -12,6 +12,9 @@ costs is measured against this server in the same run, on the same machine.
 ``dynamic_metadata`` field padded to that size, sent as they are (no serializer, as extauthz
 sends its response), the request still parsed. Against the plain bare server it measures what
 a response of that size costs the gRPC runtime and the kernel (``accounting.py --sized-bare``).
+``--response-file PATH`` answers with the bytes in PATH the same way: extauthz's own response,
+replayed, measures what its content costs the proxy that reads it (``envoy_load.py
+--replay``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -56,7 +60,7 @@ def padded_response(size: int) -> bytes:
     return data
 
 
-def add_sized(server: grpc.aio.Server, data: bytes) -> None:
+def add_fixed(server: grpc.aio.Server, data: bytes) -> None:
     """Check answered with ``data`` as it is; the request parsed, as the bare server's is."""
 
     async def check(request: external_auth_pb2.CheckRequest, context: Any) -> bytes:
@@ -73,10 +77,10 @@ def add_sized(server: grpc.aio.Server, data: bytes) -> None:
     )
 
 
-async def serve(listen: str, response_bytes: int = 0) -> None:
+async def serve(listen: str, response: bytes | None = None) -> None:
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    if response_bytes:
-        add_sized(server, padded_response(response_bytes))
+    if response is not None:
+        add_fixed(server, response)
     else:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(BareAuthorization(), server)
     health_servicer = health.aio.HealthServicer()
@@ -96,16 +100,25 @@ async def serve(listen: str, response_bytes: int = 0) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="bare grpc.aio Authorization/Check server")
     parser.add_argument("--listen", default="127.0.0.1:9292", help="HOST:PORT")
-    parser.add_argument(
+    answer = parser.add_mutually_exclusive_group()
+    answer.add_argument(
         "--response-bytes", type=int, default=0, help="answer with a response of this size"
     )
+    answer.add_argument(
+        "--response-file", type=Path, help="answer with these bytes (a serialized CheckResponse)"
+    )
     args = parser.parse_args(argv)
+    response = None
+    if args.response_bytes:
+        response = padded_response(args.response_bytes)
+    elif args.response_file is not None:
+        response = args.response_file.read_bytes()
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.listen, args.response_bytes))
+        asyncio.run(serve(args.listen, response))
     else:
-        uvloop.run(serve(args.listen, args.response_bytes))
+        uvloop.run(serve(args.listen, response))
     return 0
 
 

