@@ -126,9 +126,16 @@ class CompiledRule:
     operations: tuple[tuple[Check, ...], ...]
     conditions: tuple[Check, ...]  # all
     dropped: str = ""  # why this rule can never match, "" when it can
-    match: Matcher = field(default=lambda ctx: False, repr=False, compare=False)
     # ``match`` for a rule the tenant's index has kept for the request: what evaluate runs
     run: Matcher = field(default=lambda ctx: False, repr=False, compare=False)
+
+    @property
+    def match(self) -> Matcher:
+        """The rule's matcher with every check (no index): made when asked, by rate-limit
+        rules and the tests that hold the index to it, and shared as every matcher is. Not
+        kept on the rule: a served Check runs ``run``, and a tenant's memory is mostly its
+        rules."""
+        return _SHARED.rule(self.sources, self.operations, self.conditions, bool(self.dropped))
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +289,6 @@ class _RuleCompiler:
             operations=operations,
             conditions=conditions,
             dropped=self.dropped,
-            match=_SHARED.rule(sources, operations, conditions, bool(self.dropped)),
             run=_SHARED.rule(sources, operations, conditions, bool(self.dropped), indexed=True),
         )
 
