@@ -49,11 +49,13 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, slots=True)
 class Need:
-    """A field can match only a request whose key on ``dim`` is one of ``keys``; ``exact``:
-    and it does match every such request (its values are the keys, nothing more to test)."""
+    """A field can match only a request whose key on ``dim`` is one of ``keys`` (each once,
+    in a fixed order: a tuple, a fifth of a frozenset's size for the single key of most
+    needs, and a need lives as long as its check); ``exact``: and it does match every such
+    request (its values are the keys, nothing more to test)."""
 
     dim: str
-    keys: frozenset[str]
+    keys: tuple[str, ...]
     exact: bool = False
 
 
@@ -100,7 +102,7 @@ def path_need(values: Iterable[str]) -> Need | None:
         if end < 0:
             return None
         keys.add(literal[:end])
-    return Need(PATH, frozenset(keys))
+    return Need(PATH, tuple(sorted(keys)))
 
 
 def _same(value: str) -> str:
@@ -117,7 +119,7 @@ def _exact(dim: str, values: Iterable[str], key: Callable[[str], str]) -> Need |
     forms = ValueForms.split(values)
     if forms.star or forms.prefixes or forms.suffixes:
         return None
-    return Need(dim, frozenset(key(v) for v in forms.exact), exact=True)
+    return Need(dim, tuple(dict.fromkeys(key(v) for v in forms.exact)), exact=True)
 
 
 def entries_need(dim: str, entries: Sequence[Sequence[Need | None]]) -> frozenset[str] | None:
@@ -141,7 +143,7 @@ def _all_of(dim: str, needs: Iterable[Need | None]) -> frozenset[str] | None:
     keys: frozenset[str] | None = None
     for need in needs:
         if need is not None and need.dim == dim:
-            keys = need.keys if keys is None else keys & need.keys
+            keys = frozenset(need.keys) if keys is None else keys.intersection(need.keys)
     return keys
 
 
