@@ -196,18 +196,19 @@ class ServerProcess:
         args: Sequence[str],
         env: Mapping[str, str] | None = None,
         launcher: Sequence[str] = (),  # a script that runs ``-m extauthz ...`` (benchmarks)
+        output: int | None = None,  # subprocess.PIPE: its output to ``proc.stdout``, no log file
     ) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"extauthz-{self.port}.log"
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("wb") if output is None else None
         full_env = {**os.environ, **(env or {})}
         # No metrics port unless a test asks for one: parallel servers must not contend.
         metrics = [] if "--metrics-listen" in args else ["--metrics-listen", "off"]
         command = [sys.executable, *launcher, "-m", "extauthz", "serve", "--listen", self.address]
         self.proc = subprocess.Popen(
             [*command, *metrics, *args],
-            stdout=self._log,
+            stdout=self._log if self._log is not None else output,
             stderr=subprocess.STDOUT,
             env=full_env,
         )
@@ -234,13 +235,17 @@ class ServerProcess:
         return self.stub.Check(request, timeout=timeout)  # type: ignore[no-any-return]
 
     def logs(self) -> str:
+        if self._log is None:
+            return "(the output goes to proc.stdout, read by the test)"
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
+        """Stop the server (with ``output``, ``proc.stdout`` is the caller's to close)."""
         code = stop_process(self.proc, timeout=15)
         self.channel.close()
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
         return code
 
 
