@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from extauthz.identity import XFCC_MODES, TrustedProxies, parse_spiffe_id
+from extauthz.logs import DEFAULT_BUFFER
 from extauthz.options import CheckOptions
 from extauthz.pathnorm import PathNormalization
 
@@ -71,7 +72,7 @@ class Settings:
     grace_period: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
-    log_buffer: int = 10_000  # log records queued for stderr; beyond, dropped and counted
+    log_buffer: int = DEFAULT_BUFFER  # log records queued for stderr; beyond, dropped
     metrics_max_tenants: int = 100  # tenant label values before "_other"
     decision_log: str = "deny"  # all, deny, none (AUDIT matches are always logged)
     decision_log_sample: float = 1.0
