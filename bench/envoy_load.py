@@ -272,10 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"extauthz: the request without XFCC got {denied}, expected 403")
         checks.append("extauthz without XFCC 403")
         if args.replay:
-            size = len(answer.read_bytes())
-            if answered(replay.address) != answer.read_bytes():
+            expected = answer.read_bytes()
+            if answered(replay.address) != expected:
                 raise SystemExit("replay: does not answer with extauthz's response")
-            checks.append(f"replay answers with extauthz's {size} bytes")
+            checks.append(f"replay answers with extauthz's {len(expected)} bytes")
         print("verified:", ", ".join(checks), flush=True)
 
         header_args = [f"{k}: {v}" for k, v in headers.items()]
